@@ -1,0 +1,22 @@
+"""igcam_fast: fast Integrated Grad-CAM (Sattarzadeh et al., ICASSP 2021).
+
+    from igcam_fast import integrated_gradcam
+    maps = integrated_gradcam(model.eval(), x, "layer4")         # (B, H, W)
+
+See README.md for the method, the defaults and their measured cost and accuracy.
+"""
+
+from .engine import (DEFAULT_RULE, DEFAULT_STEPS, IMAGENET_MEAN, IMAGENET_STD, METHODS, PRESETS, CamEngine,
+                     CamResult, gradcam, gradcampp, integrated_gradcam)
+from .ops import explain_backends
+from .quadrature import RULES, path_nodes
+
+#: The class form of integrated_gradcam: keeps its hook and cached baseline features.
+IntegratedGradCAM = CamEngine
+
+__all__ = [
+    "integrated_gradcam", "gradcam", "gradcampp", "CamEngine", "IntegratedGradCAM", "CamResult",
+    "path_nodes", "RULES", "PRESETS", "METHODS", "DEFAULT_RULE", "DEFAULT_STEPS", "IMAGENET_MEAN",
+    "IMAGENET_STD", "explain_backends",
+]
+__version__ = "0.1.0"
