@@ -333,7 +333,8 @@ class CamEngine:
                     logits_x = self.model(x)
                 self._check_logits(logits_x, B)
         resolved = resolve_targets(targets, B, argmax=lambda: logits_x.argmax(dim=1))
-        base = self._baseline_image(x)
+        # Grad-CAM and Grad-CAM++ explain the input itself: no baseline image at all.
+        base = self._baseline_image(x) if self.method == "igcam" else None
         baseline_features = None
         if self.subtract_baseline:
             with record_function("igcam::baseline_features"):

@@ -122,6 +122,7 @@ def _layer_and_gradient(model, layer, image, target: int):
     def hook(module, inputs, output):
         output.retain_grad()
         captured["A"] = output
+        return output.clone()  # an in-place op after the layer must not change A
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -137,7 +138,11 @@ def _layer_and_gradient(model, layer, image, target: int):
 
 def _layer_output(model, layer, image):
     captured = {}
-    handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("A", o.detach()))
+
+    def hook(module, inputs, output):
+        captured["A"] = output.detach().clone()  # an in-place op after the layer must not change A
+
+    handle = layer.register_forward_hook(hook)
     try:
         with torch.no_grad():
             model(image[None])
