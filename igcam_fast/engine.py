@@ -127,6 +127,9 @@ class CamEngine:
         backend: force a backend for the fused ops (see igcam_fast.ops.explain_backends).
         allow_training: explain a model in training mode anyway (BatchNorm/Dropout then
             make the map depend on the batch and on chance; refused by default).
+        reshape_transform: a function applied to the layer's output and to its gradient to make
+            them (N, K, h, w), e.g. for the token outputs of ViT/Swin layers (pytorch-grad-cam's
+            meaning; it must only rearrange elements).
     """
 
     def __init__(self, model: nn.Module, layer, *, method: str = "igcam", preset: str | None = None,
@@ -135,7 +138,7 @@ class CamEngine:
                  relu: bool = True, normalize: bool = False, output_size=None,
                  batch_rows: int | None = None, autocast: torch.dtype | None = None,
                  channels_last: bool | None = None, backend: str | None = None,
-                 allow_training: bool = False):
+                 allow_training: bool = False, reshape_transform=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if method not in METHODS:
@@ -181,6 +184,7 @@ class CamEngine:
         self.channels_last = channels_last
         self.backend = backend
         self.allow_training = allow_training
+        self.reshape_transform = reshape_transform
         self._mode = None  # what the hook does on the next forward: None, "features", "grad"
         self._captured = None
         self._hook = self.layer.register_forward_hook(self._on_layer_output)
@@ -208,9 +212,13 @@ class CamEngine:
     def _on_layer_output(self, module, inputs, output):
         if self._mode is None:
             return None
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"layer {self.layer_name!r} must output a 4-D (N, K, h, w) tensor, got {shape}")
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(f"layer {self.layer_name!r} must output a tensor, got {type(output).__name__}")
+        shaped = self._to_maps(output) if self.reshape_transform is not None else output
+        if not isinstance(shaped, torch.Tensor) or shaped.dim() != 4:
+            shape = tuple(shaped.shape) if isinstance(shaped, torch.Tensor) else type(shaped).__name__
+            hint = "" if self.reshape_transform else " (give reshape_transform for token-shaped outputs)"
+            raise ValueError(f"layer {self.layer_name!r} must output a 4-D (N, K, h, w) tensor, got {shape}{hint}")
         if self._mode == "features":
             self._captured = output.detach()
             raise _StopForward
@@ -221,6 +229,9 @@ class CamEngine:
         # A clone, so that an in-place op after the layer (ReLU(inplace=True)) touches neither
         # the leaf nor the activations we keep.
         return leaf.clone()
+
+    def _to_maps(self, t):
+        return self.reshape_transform(t) if self.reshape_transform is not None else t
 
     def _forward(self, images, mode):
         """Run the model on images with the hook in ``mode``; returns (layer output, logits|None)."""
@@ -301,14 +312,14 @@ class CamEngine:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if base.dim() == 4 or not isinstance(self.baseline, str):
-            features, _ = self._forward(images, "features")
+            features = self._to_maps(self._forward(images, "features")[0])
             return features if base.dim() == 4 else features[0]
-        key = (self.layer_name, self.baseline, tuple(self.mean.tolist()), tuple(self.std.tolist()),
+        key = (self.layer_name, self.reshape_transform, self.baseline, tuple(self.mean.tolist()), tuple(self.std.tolist()),
                tuple(x.shape[1:]), x.dtype, x.device, self.autocast, channels_last,
                _weights_version(self.model))
         per_model = _BASELINE_FEATURES.setdefault(self.model, {})
         if key not in per_model:
-            features, _ = self._forward(images, "features")
+            features = self._to_maps(self._forward(images, "features")[0])
             if len(per_model) >= _BASELINE_CACHE_SIZE:
                 per_model.pop(next(iter(per_model)))
             per_model[key] = features[0]
@@ -398,7 +409,8 @@ class CamEngine:
                     path = ops.path_images(x[images], base if base.dim() == 3 else base[images], alphas[steps],
                                            dtype=forward_dtype, channels_last=channels_last, backend=self.backend)
             with record_function("igcam::forward"):
-                activations, logits = self._forward(path, "grad")
+                leaf, logits = self._forward(path, "grad")
+            activations = self._to_maps(leaf.detach())
             self._check_logits(logits, path.shape[0])
             targets.check_range(logits.shape[1])
             r = steps.stop - steps.start
@@ -409,15 +421,16 @@ class CamEngine:
             for column in range(T):
                 with record_function("igcam::head_backward"):
                     score = targets.scores(logits, images, r, column)
-                    (gradients,) = torch.autograd.grad(score, activations, retain_graph=column + 1 < T)
+                    (gradients,) = torch.autograd.grad(score, leaf, retain_graph=column + 1 < T)
+                    gradients = self._to_maps(gradients)
                 with record_function("igcam::combine"):
-                    part = ops.combine(activations.detach(), gradients, None, A_base, step_weights[steps],
+                    part = ops.combine(activations, gradients, None, A_base, step_weights[steps],
                                        weight_mode=weight_mode, relu=self.relu, backend=self.backend)
                 if layer_maps is None:
                     layer_maps = torch.zeros(B, T, *part.shape[1:], dtype=part.dtype, device=device)
                     chosen = ops.choose_backend(device, {activations.dtype}, self.backend).name
                 layer_maps[images, column] += part
-            del activations, logits
+            del leaf, activations, logits
         return layer_maps, chosen
 
     def _upsample(self, layer_maps, input_size):
