@@ -1,0 +1,313 @@
+"""Reading (and atomically writing) the output folders of ``igcam-fast explain``.
+
+    from igcam_fast.io import open_results
+    results = open_results("out/")            # reads manifest.json only
+    len(results)                              # number of maps (one per image and target)
+    rec = results[0]                          # Record(index, id, target, score, prob, map)
+    results.find("cats/001.jpg")              # every record of one image
+    for shard in results.shards:              # shard by shard; each .npz is read on access
+        shard.maps                            # (rows, h, w) float16 numpy array
+
+The format is described in docs/explain.md. Everything is plain numpy ``.npz`` (read with
+``allow_pickle=False``) and JSON; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "igcam_fast.explain"
+VERSION = 1
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+SHARD_DIR = "shards"
+OVERLAY_DIR = "overlays"
+
+#: The arrays of one shard file, rows = (image, target) pairs, n = images of the shard.
+SHARD_ROW_FIELDS = ("index", "id", "target", "score", "prob", "maps")
+SHARD_IMAGE_FIELDS = ("images", "failed_index", "failed_id", "failed_error")
+
+
+def shard_name(k: int) -> str:
+    return f"{SHARD_DIR}/shard-{k:06d}.npz"
+
+
+def overlay_name(index: int, target: int, shard_size: int) -> str:
+    """Relative path of the overlay PNG of one (image, target) row."""
+    return f"{OVERLAY_DIR}/{index // shard_size:06d}/{index:09d}_c{target}.png"
+
+
+# ---- atomic writes ---------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through ``write(file)`` to a temporary file beside ``path``, fsync, rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_npz(path, arrays: dict, compress: bool = False) -> None:
+    """Save arrays as an .npz atomically (temp file, fsync, rename): a reader sees all or nothing."""
+    for name, a in arrays.items():
+        if np.asarray(a).dtype == object:
+            raise TypeError(f"array {name!r} has dtype object: it would need pickle")
+    save = np.savez_compressed if compress else np.savez
+    _atomic(path, lambda f: save(f, **arrays))
+
+
+def atomic_write_text(path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Delete the temporary files a killed writer left behind (``.NAME.XXXX.tmp``)."""
+    removed = 0
+    folder = Path(folder)
+    for sub in (folder, folder / SHARD_DIR):
+        if sub.is_dir():
+            for p in sub.glob(".*.tmp"):
+                try:
+                    p.unlink()
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+def load_npz(path) -> "np.lib.npyio.NpzFile":
+    """An .npz opened lazily (each array is read when it is accessed), never unpickling."""
+    return np.load(path, allow_pickle=False)
+
+
+def read_shard_fingerprint(path) -> str | None:
+    """The settings fingerprint stored in a shard, or None if the file is unreadable."""
+    try:
+        with load_npz(path) as z:
+            return str(z["fingerprint"])
+    except Exception:  # a truncated or foreign file: the caller redoes the shard
+        return None
+
+
+# ---- reading results ----------------------------------------------------------------------------
+
+@dataclass
+class Record:
+    """One map: the image (global index in the data set, id), the explained class and its scores."""
+
+    index: int
+    id: str
+    target: int
+    score: float  # the class's logit on the image
+    prob: float  # its softmax probability
+    map: np.ndarray  # (h, w), the stored dtype
+    overlay: str | None = None  # path of the overlay PNG, when one was written
+
+
+class Shard:
+    """One shard file; its arrays are read on first access and cached (small ones) or not (maps)."""
+
+    def __init__(self, root: Path, entry: dict, shard_size: int, overlays: bool):
+        self.root = root
+        self.entry = entry
+        self.path = root / entry["file"]
+        self.rows = int(entry["rows"])
+        self._shard_size = shard_size
+        self._overlays = overlays
+        self._small: dict[str, np.ndarray] = {}
+
+    def _get(self, name: str) -> np.ndarray:
+        if name not in self._small:
+            with load_npz(self.path) as z:
+                self._small[name] = z[name]
+        return self._small[name]
+
+    @property
+    def maps(self) -> np.ndarray:
+        """(rows, h, w) maps; read from disk on every access (not cached)."""
+        with load_npz(self.path) as z:
+            return z["maps"]
+
+    def __getattr__(self, name):
+        if name in ("index", "id", "target", "score", "prob", *SHARD_IMAGE_FIELDS):
+            return self._get(name)
+        raise AttributeError(name)
+
+    def records(self):
+        maps = self.maps
+        idx, ids, tgt, sc, pr = self.index, self.id, self.target, self.score, self.prob
+        for r in range(self.rows):
+            yield self._record(r, idx, ids, tgt, sc, pr, maps[r])
+
+    def record(self, r: int) -> Record:
+        with load_npz(self.path) as z:
+            m = z["maps"][r]
+        return self._record(r, self.index, self.id, self.target, self.score, self.prob, m)
+
+    def _record(self, r, idx, ids, tgt, sc, pr, m):
+        i, t = int(idx[r]), int(tgt[r])
+        ov = str(self.root / overlay_name(i, t, self._shard_size)) if self._overlays else None
+        return Record(i, str(ids[r]), t, float(sc[r]), float(pr[r]), m, ov)
+
+
+class Results:
+    """The maps of an output folder, read lazily shard by shard (see the module docstring)."""
+
+    def __init__(self, root, manifest: dict):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.settings: dict = manifest.get("settings", {})
+        self.class_names = manifest.get("class_names")
+        self.complete: bool = bool(manifest.get("complete"))
+        shard_size = int(self.settings.get("shard_size", 1))
+        overlays = bool(manifest.get("overlays"))
+        self.shards = [Shard(self.root, e, shard_size, overlays) for e in manifest.get("shards", [])]
+        self._starts = np.cumsum([0] + [s.rows for s in self.shards]).tolist()
+        self._cache: dict[str, np.ndarray] = {}
+        self._by_id: dict[str, list[int]] | None = None
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "partial"
+        return (f"Results({str(self.root)!r}: {len(self)} maps of {self.manifest.get('totals', {}).get('explained', '?')} "
+                f"images in {len(self.shards)} shards, {state})")
+
+    def _concat(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            parts = [getattr(s, name) for s in self.shards]
+            self._cache[name] = np.concatenate(parts) if parts else np.zeros(0)
+        return self._cache[name]
+
+    @property
+    def index(self) -> np.ndarray:
+        """(rows,) global image index (position in the data set's sorted listing) of every map."""
+        return self._concat("index")
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._concat("id")
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self._concat("target")
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self._concat("score")
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self._concat("prob")
+
+    @property
+    def failed(self) -> list[dict]:
+        """The unreadable images: [{index, id, error}, ...]."""
+        out = []
+        for s in self.shards:
+            for i, n, e in zip(s.failed_index.tolist(), s.failed_id.tolist(), s.failed_error.tolist()):
+                out.append(dict(index=i, id=n, error=e))
+        return out
+
+    def __getitem__(self, i: int) -> Record:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} out of range for {len(self)} maps")
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self.shards[k].record(i - self._starts[k])
+
+    def __iter__(self):
+        for s in self.shards:
+            yield from s.records()
+
+    def find(self, image_id: str) -> list[Record]:
+        """Every record (one per target) of the image with this id."""
+        if self._by_id is None:
+            self._by_id = {}
+            for row, n in enumerate(self.ids.tolist()):
+                self._by_id.setdefault(n, []).append(row)
+        return [self[r] for r in self._by_id.get(image_id, [])]
+
+    def maps(self, rows=None) -> np.ndarray:
+        """All maps (or those of ``rows``) as one array — mind the memory on large data sets."""
+        if rows is None:
+            parts = [s.maps for s in self.shards if s.rows]
+            return np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.float16)
+        return np.stack([self[int(r)].map for r in rows])
+
+
+def scan_shards(root) -> list[dict]:
+    """Shard entries found on disk (for a folder whose run has not finished: no manifest yet)."""
+    root = Path(root)
+    entries = []
+    for p in sorted((root / SHARD_DIR).glob("shard-*.npz")):
+        try:
+            with load_npz(p) as z:
+                entries.append(dict(file=f"{SHARD_DIR}/{p.name}", shard=int(z["shard"]), rows=int(z["index"].shape[0]),
+                                    images=int(z["images"].shape[0]), failed=int(z["failed_index"].shape[0])))
+        except Exception:
+            continue
+    return entries
+
+
+def open_results(root) -> Results:
+    """Open the output folder of ``igcam-fast explain`` for lazy reading.
+
+    Reads manifest.json; for a run that has not finished yet (no manifest), the finished shards
+    found on disk are read instead (``results.complete`` is then False).
+    """
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{manifest_path} is not an igcam_fast explain manifest")
+        if int(manifest.get("version", 0)) > VERSION:
+            raise ValueError(f"{manifest_path} has format version {manifest['version']}, newer than this "
+                             f"igcam_fast reads ({VERSION})")
+        return Results(root, manifest)
+    config_path = root / CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{root} holds no explain results (no {MANIFEST} nor {CONFIG})")
+    config = json.loads(config_path.read_text())
+    manifest = dict(format=FORMAT, version=VERSION, complete=False, settings=config.get("settings", {}),
+                    class_names=config.get("class_names"), overlays=False, shards=scan_shards(root))
+    return Results(root, manifest)
