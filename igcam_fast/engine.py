@@ -75,6 +75,26 @@ class CamResult:
     settings: dict = field(default_factory=dict)
 
 
+def chunk_plan(batch: int, steps: int, rows: int):
+    """The (image slice, step slice) pieces of one call, each at most ``rows`` path images.
+
+    Whole images (all their path points) go together when m <= rows, so that combine sees each
+    image's full sum; otherwise one image's path points are split and the pieces added up.
+    """
+    if steps <= rows:
+        per = max(1, rows // steps)
+        for b0 in range(0, batch, per):
+            yield slice(b0, min(batch, b0 + per)), slice(0, steps)
+    else:
+        for b in range(batch):
+            for t0 in range(0, steps, rows):
+                yield slice(b, b + 1), slice(t0, min(steps, t0 + rows))
+
+
+def default_batch_rows(device: torch.device) -> int:
+    return DEFAULT_BATCH_ROWS.get(torch.device(device).type, 64)
+
+
 class _StopForward(Exception):
     """Raised by the hook once the layer's output is captured and nothing after it is needed."""
 
@@ -350,7 +370,7 @@ class CamEngine:
         if self.subtract_baseline:
             with record_function("igcam::baseline_features"):
                 baseline_features = self._baseline_features(base, x)
-        rows = self.batch_rows or DEFAULT_BATCH_ROWS.get(device.type, 64)
+        rows = self.batch_rows or default_batch_rows(device)
         while True:
             try:
                 layer_maps, chosen = self._integrate(x, base, baseline_features, resolved, rows)
@@ -376,17 +396,6 @@ class CamEngine:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"the model must return (N, classes) scores, got {shape}")
 
-    def _chunks(self, B, m, rows):
-        """(image slice, step slice) pieces of at most ``rows`` path images, whole images if possible."""
-        if m <= rows:
-            per = max(1, rows // m)
-            for b0 in range(0, B, per):
-                yield slice(b0, min(B, b0 + per)), slice(0, m)
-        else:
-            for b in range(B):
-                for t0 in range(0, m, rows):
-                    yield slice(b, b + 1), slice(t0, min(m, t0 + rows))
-
     def _integrate(self, x, base, baseline_features, targets: Targets, rows):
         device = x.device
         B, m, T = x.shape[0], self.steps, targets.per_image
@@ -399,7 +408,7 @@ class CamEngine:
         single_input_point = m == 1 and float(self.alphas[0]) == 1.0
         layer_maps = None
         chosen = ""
-        for images, steps in self._chunks(B, m, rows):
+        for images, steps in chunk_plan(B, m, rows):
             with record_function("igcam::path"):
                 if single_input_point:  # Grad-CAM: the input itself, bit for bit
                     path = x[images].to(forward_dtype)
