@@ -139,7 +139,8 @@ class CamEngine:
         mean, std: the model's input normalisation, used for the "black" baseline.
         subtract_baseline: subtract A' = A(x') at each path point (the paper) or not (demo).
         relu: ReLU at each path point (the paper) or signed maps.
-        normalize: min-max scale each output map to [0, 1] (pytorch-grad-cam's convention).
+        normalize: min-max scale each map to [0, 1] as pytorch-grad-cam does (at layer
+            resolution, then again after upsampling).
         output_size: (H, W) of the output maps; None: the input's size; "layer": no upsampling.
         batch_rows: path images per forward; None: a per-device default.
         autocast: None (the input's dtype), torch.float16 or torch.bfloat16 for the forward.
@@ -450,7 +451,18 @@ class CamEngine:
             return layer_maps
         size = tuple(self.output_size) if self.output_size is not None else tuple(input_size)
         flat = layer_maps.reshape(B * T, h, w)
+        if self.normalize:  # pytorch-grad-cam scales at layer resolution, resizes, then scales again
+            flat = minmax_scale(flat)
         return ops.upsample(flat, size, normalize=self.normalize, backend=self.backend).reshape(B, T, *size)
+
+
+def minmax_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Per map (v - min) / (1e-7 + max - min) over all but the first dimension (scale_cam_image)."""
+    flat = maps.flatten(1)
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    lo = flat.amin(dim=1).view(shape)
+    hi = flat.amax(dim=1).view(shape)
+    return (maps - lo) / (1e-7 + (hi - lo))
 
 
 def _run(method, model, x, layer, targets, return_result, options):
