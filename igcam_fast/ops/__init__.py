@@ -220,11 +220,17 @@ def upsample(maps, size, *, normalize=False, backend=None, out=None):
 
 
 def _register_optional_backends() -> None:
-    """Compiled and Triton backends register lazily; their absence is reported, not fatal."""
-    from . import extension, triton_backend  # noqa: F401  (each registers itself)
+    """The compiled and Triton backends register themselves on import; each one's absence is
+    reported by its backend (``explain_backends``), and one failing does not hide the other."""
+    import importlib
+
+    for module in ("extension", "triton_backend"):
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ImportError as err:  # pragma: no cover - both modules ship with the package
+            import warnings
+
+            warnings.warn(f"igcam_fast.ops.{module} could not be imported: {err}", RuntimeWarning)
 
 
-try:
-    _register_optional_backends()
-except ImportError:  # pragma: no cover - the modules ship with the package
-    pass
+_register_optional_backends()

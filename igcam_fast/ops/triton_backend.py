@@ -32,6 +32,19 @@ def interpreting() -> bool:
     return _interpret_requested()
 
 
+def _interpreter_problem() -> str | None:
+    """Why the interpreter cannot run in this process, or None (call only when interpreting)."""
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    # triton decides at its own import whether its library (tl.zeros, tl.sum, ...) is
+    # interpretable; imported before TRITON_INTERPRET=1 was set, interpreted kernels fail.
+    if isinstance(tl.zeros, JITFunction):
+        return ("TRITON_INTERPRET=1 was set after triton was imported, so triton's own library "
+                "cannot run under the interpreter in this process; set it before anything imports triton")
+    return None
+
+
 def _kernels():
     from . import triton_kernels
 
@@ -39,7 +52,7 @@ def _kernels():
 
 
 class TritonBackend(Backend):
-    """Triton kernels; launched through ``torch.library.triton_op`` so torch.compile sees them."""
+    """Triton kernels, registered as ``torch.library.triton_op``s so torch.compile sees them."""
 
     name = "triton"
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
@@ -53,20 +66,22 @@ class TritonBackend(Backend):
             import triton  # noqa: F401
         except ImportError as err:
             return f"triton is not installed: {err}"
-        if not interpreting() and not torch.cuda.is_available():
-            return "no CUDA device is visible (and TRITON_INTERPRET=1 is not set)"
-        return None
+        if not interpreting():
+            if not torch.cuda.is_available():
+                return "no CUDA device is visible (and TRITON_INTERPRET=1 is not set)"
+            return None
+        return _interpreter_problem()
 
     def path_images(self, x, baseline, alphas, mean, std, out):
-        _kernels().path_images(x, baseline, alphas, mean, std, out)
+        _kernels().run("path_images", x, baseline, alphas, mean, std, out)
 
     def combine(self, activations, gradients, channel_weights, baseline_features, step_weights,
                 weight_mode, relu, out):
-        _kernels().combine(activations, gradients, channel_weights, baseline_features, step_weights,
-                           int(weight_mode), bool(relu), out)
+        _kernels().run("combine", activations, gradients, channel_weights, baseline_features, step_weights,
+                       int(weight_mode), bool(relu), out)
 
     def upsample(self, maps, normalize, out):
-        _kernels().upsample(maps, bool(normalize), out)
+        _kernels().run("upsample", maps, bool(normalize), out)
 
 
 register_backend("triton", TritonBackend)

@@ -7,6 +7,7 @@ is slow. Whether the kernels run compiled or under Triton's interpreter is fixed
 Each host op is a ``torch.library.triton_op`` (``igcam_fast_triton::<op>``, mutating ``out``)
 whose launches go through ``wrap_triton``, so ``torch.compile`` traces into the kernels. The host
 code reads only shapes and strides (no ``.data_ptr()``, no ``.item()``) and is its own fake kernel.
+:func:`run` (what the backend calls) skips the op dispatcher in plain eager mode only.
 
 Layout of the work (what makes each kernel fast on a GPU):
     path_images  grid (pixel tiles of one image, B, path-node chunks): each program loads its
@@ -18,12 +19,12 @@ Layout of the work (what makes each kernel fast on a GPU):
                  register tile loops over its K range, channel weights are computed in-program
                  from the gradient tile when the plane fits -> finish kernel, grid (B, pixel
                  tiles): sums the K splits, ReLU, Σ_t ω_t. Deterministic (no atomics); the only
-                 temporaries are (K splits, B·m, h·w) partial sums and (B·m, K) weights.
+                 temporaries are (B·m, K splits, h·w) partial sums and (B·m, K) weights.
     upsample     grid (B, output tiles), or (B,) with normalize: one program per map makes two
                  passes, the first for min and max, the second to write (v - min) / (1e-7 + max - min).
 """
 
-import os
+import contextvars
 from typing import Optional
 
 import torch
@@ -35,7 +36,14 @@ from torch.library import triton_op, wrap_triton
 _TARGET_PROGRAMS = 4 * 132
 
 
+# Set while an eager call runs the host code directly (see `run`): launches then skip the
+# wrap_triton machinery, which only tracing needs.
+_DIRECT = contextvars.ContextVar("igcam_fast_triton_direct", default=False)
+
+
 def _launcher(kernel):
+    if _DIRECT.get():
+        return kernel
     try:
         return wrap_triton(kernel)
     except RuntimeError:  # an interpreted kernel on a torch that does not know them
@@ -115,8 +123,7 @@ def _is_flat(sizes, strides) -> bool:
     return True
 
 
-@triton_op("igcam_fast_triton::path_images", mutates_args={"out"})
-def path_images(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, mean: Optional[torch.Tensor],
+def _path_images(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, mean: Optional[torch.Tensor],
                 std: Optional[torch.Tensor], out: torch.Tensor) -> None:
     """x (B, C, H, W), baseline (C, H, W) | (B, C, H, W), alphas (m,) -> out (B·m, C, H, W)."""
     B, C, H, W = x.shape
@@ -219,11 +226,11 @@ def _combine_partial_kernel(
     g_sn, g_sk, g_sh, g_sw,
     cw_sn, cw_sk,
     base_sb, base_sk, base_sh, base_sw,
-    part_ss, part_sn,
+    part_sn, part_ss,
     WEIGHT_MODE: tl.constexpr, FUSED_WEIGHTS: tl.constexpr, HAS_BASE: tl.constexpr,
     HW_MERGED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """part[split, n, p] = Σ_{k in split} w[n, k] (A[n, k, p] - A'[b, k, p]); grid (p tiles, B·m, splits).
+    """part[n, split, p] = Σ_{k in split} w[n, k] (A[n, k, p] - A'[b, k, p]); grid (p tiles, B·m, splits).
 
     FUSED_WEIGHTS: the tile holds the whole h·w plane, so w[n, k] comes from the gradient tile
     (WEIGHT_MODE 0 Grad-CAM, 1 Grad-CAM++) instead of from cw (weights given or precomputed).
@@ -259,28 +266,37 @@ def _combine_partial_kernel(
             A -= tl.load(base_ptr + b * base_sb + ks64[:, None] * base_sk + base_pix, mask=mask,
                          other=0.0).to(tl.float32)
         acc += tl.sum(w[:, None] * A, axis=0)
-    tl.store(part_ptr + split * part_ss + n * part_sn + ps, acc, mask=p_mask)
+    tl.store(part_ptr + n * part_sn + split * part_ss + ps, acc, mask=p_mask)
 
 
 @triton.jit
 def _combine_finish_kernel(
     part_ptr, sw_ptr, out_ptr, HW, W_img, m, n_splits,
-    part_ss, part_sn, sw_s, out_sb, out_sh, out_sw,
-    RELU: tl.constexpr, BLOCK: tl.constexpr,
+    part_sn, part_ss, sw_s, out_sb, out_sh, out_sw,
+    RELU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """out[b, p] = Σ_t ω_t ReLU(Σ_split part[split, b·m + t, p]); grid (B, p tiles)."""
+    """out[b, p] = Σ_t ω_t ReLU(Σ_split part[b·m + t, split, p]); grid (B, p tiles).
+
+    Loads (path nodes, splits, pixels) tiles at once: the data is tiny and a loop of
+    dependent small loads would make this kernel latency-bound.
+    """
     b = tl.program_id(0).to(tl.int64)
-    ps = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ps = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = ps < HW
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for t in range(0, m):
-        row = part_ptr + (b * m + t) * part_sn + ps
-        s = tl.zeros([BLOCK], dtype=tl.float32)
-        for split in range(0, n_splits):
-            s += tl.load(row + split * part_ss, mask=p_mask, other=0.0)
+    splits = tl.arange(0, BLOCK_S)
+    s_mask = splits < n_splits
+    acc = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for t0 in range(0, m, BLOCK_T):
+        ts = t0 + tl.arange(0, BLOCK_T)
+        t_mask = ts < m
+        rows = b * m + ts.to(tl.int64)
+        ptrs = part_ptr + rows[:, None, None] * part_sn + splits[None, :, None] * part_ss + ps[None, None, :]
+        mask = t_mask[:, None, None] & s_mask[None, :, None] & p_mask[None, None, :]
+        s = tl.sum(tl.load(ptrs, mask=mask, other=0.0), axis=1)
         if RELU:
             s = tl.maximum(s, 0.0)
-        acc += tl.load(sw_ptr + t * sw_s).to(tl.float32) * s
+        omega = tl.load(sw_ptr + ts * sw_s, mask=t_mask, other=0.0).to(tl.float32)
+        acc += tl.sum(omega[:, None] * s, axis=0)
     out_off = (ps // W_img).to(tl.int64) * out_sh + (ps % W_img).to(tl.int64) * out_sw
     tl.store(out_ptr + b * out_sb + out_off, acc, mask=p_mask)
 
@@ -296,19 +312,24 @@ def _pixel_stride(t: torch.Tensor):
     return None
 
 
-def _combine_tiles(K: int, HW: int, channels_inner: bool, budget: int = 4096):
+#: Elements of a combine register tile, and the widest h·w plane one program takes whole.
+_COMBINE_TILE = 4096
+_COMBINE_MAX_PLANE = 1024
+
+
+def _combine_tiles(K: int, HW: int, channels_inner: bool, budget: int = 0):
     """(BLOCK_K, BLOCK_P) of a register tile: long runs along whichever dim is contiguous."""
+    budget = budget or _COMBINE_TILE
     if channels_inner:
         block_k = min(_pow2(K), 64)
         block_p = max(1, min(_pow2(HW), budget // block_k))
     else:
-        block_p = min(_pow2(HW), 1024)
+        block_p = min(_pow2(HW), _COMBINE_MAX_PLANE)
         block_k = max(1, min(_pow2(K), budget // block_p, 256))
     return block_k, block_p
 
 
-@triton_op("igcam_fast_triton::combine", mutates_args={"out"})
-def combine(activations: torch.Tensor, gradients: Optional[torch.Tensor], channel_weights: Optional[torch.Tensor],
+def _combine(activations: torch.Tensor, gradients: Optional[torch.Tensor], channel_weights: Optional[torch.Tensor],
             baseline_features: Optional[torch.Tensor], step_weights: torch.Tensor, weight_mode: int, relu: bool,
             out: torch.Tensor) -> None:
     """(B·m, K, h, w) activations -> out (B, h, w) fp32; see igcam_fast.ops.combine."""
@@ -352,10 +373,10 @@ def combine(activations: torch.Tensor, gradients: Optional[torch.Tensor], channe
     # Split K only as far as needed to give the GPU enough programs; each split costs one
     # (B·m, h·w) fp32 partial, read back by the finish kernel.
     k_blocks = triton.cdiv(K, block_k)
-    splits = min(k_blocks, max(1, triton.cdiv(_TARGET_PROGRAMS, tiles * N)))
+    splits = min(k_blocks, max(1, triton.cdiv(_TARGET_PROGRAMS, tiles * N)), 256)
     k_per = triton.cdiv(k_blocks, splits) * block_k
     splits = triton.cdiv(K, k_per)
-    part = torch.empty((splits, N, HW), dtype=torch.float32, device=A.device)
+    part = torch.empty((N, splits, HW), dtype=torch.float32, device=A.device)
     _launcher(_combine_partial_kernel)[(tiles, N, splits)](
         A, G, cw, base, part,
         K, HW, w, m, k_per,
@@ -368,11 +389,13 @@ def combine(activations: torch.Tensor, gradients: Optional[torch.Tensor], channe
         HW_MERGED=merged, BLOCK_K=block_k, BLOCK_P=block_p,
         num_warps=8 if block_k * block_p >= 4096 else 4,
     )
-    block_f = min(_pow2(HW), 1024)
+    block_s = _pow2(splits)
+    block_f = max(1, min(_pow2(HW), 128, 4096 // block_s))
+    block_t = max(1, min(_pow2(m), 4096 // (block_s * block_f)))
     _launcher(_combine_finish_kernel)[(B, triton.cdiv(HW, block_f))](
         part, step_weights, out, HW, w, m, splits,
         part.stride(0), part.stride(1), step_weights.stride(0), out.stride(0), out.stride(1), out.stride(2),
-        RELU=relu, BLOCK=block_f, num_warps=4,
+        RELU=relu, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_P=block_f, num_warps=4,
     )
 
 
@@ -402,7 +425,11 @@ def _bilinear(maps_ptr, b, idx, mask, h, w, W_out, scale_h, scale_w, m_sb, m_sh,
     v01 = tl.load(row0 + c1, mask=mask, other=0.0).to(tl.float32)
     v10 = tl.load(row1 + c0, mask=mask, other=0.0).to(tl.float32)
     v11 = tl.load(row1 + c1, mask=mask, other=0.0).to(tl.float32)
-    return (1.0 - lh) * ((1.0 - lw) * v00 + lw * v01) + lh * ((1.0 - lw) * v10 + lw * v11)
+    # Lerp form: rounds like PyTorch's weighted form to within an ulp, and is exact on flat
+    # regions, where the min-max scaling would otherwise magnify rounding noise.
+    top = v00 + lw * (v01 - v00)
+    bottom = v10 + lw * (v11 - v10)
+    return top + lh * (bottom - top)
 
 
 @triton.jit
@@ -437,23 +464,57 @@ def _upsample_kernel(
         tl.store(out_ptr + b * o_sb + out_off, v, mask=mask)
 
 
-@triton_op("igcam_fast_triton::upsample", mutates_args={"out"})
-def upsample(maps: torch.Tensor, normalize: bool, out: torch.Tensor) -> None:
+def _upsample(maps: torch.Tensor, normalize: bool, out: torch.Tensor) -> None:
     """(B, h, w) -> out (B, H, W) fp32, bilinear with align_corners=False."""
     B, h, w = maps.shape
     _, H, W = out.shape
     if out.numel() == 0:
         return
-    BLOCK = min(1024, _pow2(H * W))
+    # Normalising programs walk a whole map twice: wide tiles keep that walk short.
+    BLOCK = min(4096 if normalize else 1024, _pow2(H * W))
     tiles = triton.cdiv(H * W, BLOCK)
     # Normalising needs a whole map's extremes: one program per map; else one per tile.
     tiles_per = tiles if normalize else 1
     _launcher(_upsample_kernel)[(B, triton.cdiv(tiles, tiles_per))](
         maps, out, h, w, H, W, float(h) / float(H), float(w) / float(W), tiles_per,
         maps.stride(0), maps.stride(1), maps.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        NORMALIZE=normalize, BLOCK=BLOCK, num_warps=4,
+        NORMALIZE=normalize, BLOCK=BLOCK, num_warps=16 if BLOCK >= 4096 else 4,
     )
 
 
 #: True when these kernels were built under TRITON_INTERPRET=1 (they then take CPU tensors).
 INTERPRETED = not isinstance(_path_images_kernel, triton.runtime.jit.JITFunction)
+
+
+# --------------------------------------------------------------------------------------------
+# registration and eager entry point
+# --------------------------------------------------------------------------------------------
+
+path_images = triton_op("igcam_fast_triton::path_images", mutates_args={"out"})(_path_images)
+combine = triton_op("igcam_fast_triton::combine", mutates_args={"out"})(_combine)
+upsample = triton_op("igcam_fast_triton::upsample", mutates_args={"out"})(_upsample)
+
+_HOST = {"path_images": _path_images, "combine": _combine, "upsample": _upsample}
+_OPS = {"path_images": path_images, "combine": combine, "upsample": upsample}
+
+
+def _plain_eager(args) -> bool:
+    """No tracing, no modes, plain tensors: nothing would see the op, so skip the dispatcher."""
+    return (not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled()
+            and all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor)))
+
+
+def run(name: str, *args) -> None:
+    """Run op ``name`` (out= form): straight to the host code in plain eager mode (the custom-op
+    dispatcher costs tens of microseconds a call, as much as a small kernel), else through
+    ``torch.ops.igcam_fast_triton.<name>`` so that torch.compile, export and modes see it."""
+    if _plain_eager(args):
+        token = _DIRECT.set(True)
+        try:
+            _HOST[name](*args)
+        finally:
+            _DIRECT.reset(token)
+    else:
+        _OPS[name](*args)
