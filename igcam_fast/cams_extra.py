@@ -22,64 +22,39 @@ pytorch-grad-cam's AblationLayer sets the channel to 0 when the layer's output h
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .engine import CamResult, resolve_layer
+from .engine import CamResult, LayerExplainer
 from .targets import Targets, resolve_targets
 
 EXTRA_METHODS = ("scorecam", "ablationcam")
-DEFAULT_ROWS = {"cpu": 64, "cuda": 256}
 
 
 class _Captured(Exception):
     pass
 
 
-class _ChannelCAM:
+class _ChannelCAM(LayerExplainer):
     """Shared machinery: the hook, targets, per-row scores, the weighted sum and upsampling."""
 
     method = ""
 
     def __init__(self, model: nn.Module, layer, *, batch_rows: int | None = None, normalize: bool = False,
                  output_size=None, reshape_transform=None, backend: str | None = None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if batch_rows is not None and (not isinstance(batch_rows, int) or batch_rows < 1):
-            raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
         if reshape_transform is not None:
             raise NotImplementedError(f"{type(self).__name__} does not support reshape_transform yet")
-        self.model = model
-        self.layer_name, self.layer = resolve_layer(model, layer)
-        self.batch_rows = batch_rows
         self.normalize = bool(normalize)
         self.output_size = output_size
         self.backend = backend
         self._mode = None
         self._captured = None
         self._replacement = None
-        self._hook = self.layer.register_forward_hook(self._on_output)
+        super().__init__(model, layer, batch_rows=batch_rows)
 
-    def close(self):
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        with contextlib.suppress(Exception):
-            self.close()
-
-    def _on_output(self, module, inputs, output):
+    def _on_layer_output(self, module, inputs, output):
         if self._mode == "capture":
             if not isinstance(output, torch.Tensor) or output.dim() != 4:
                 raise ValueError(f"layer {self.layer_name!r} must output a 4-D (N, K, h, w) tensor")
@@ -88,19 +63,6 @@ class _ChannelCAM:
         if self._mode == "replace":
             return self._replacement
         return None
-
-    def _rows(self, device):
-        return self.batch_rows or DEFAULT_ROWS.get(device.type, 64)
-
-    def _check(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            raise ValueError("x must be a floating-point (B, C, H, W) tensor")
-        if x.shape[0] == 0:
-            raise ValueError("x is an empty batch")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x contains NaN or infinite values")
-        if self.model.training:
-            raise RuntimeError("the model is in training mode: call model.eval() first")
 
     def _capture(self, x):
         """(activations (B, K, h, w), logits (B, classes)) of the real inputs: one forward."""
@@ -133,7 +95,7 @@ class _ChannelCAM:
         return self.explain(x, targets).maps
 
     def explain(self, x, targets=None) -> CamResult:
-        self._check(x)
+        self._check_input(x)
         A, logits = self._capture(x)
         resolved = resolve_targets(targets, x.shape[0], argmax=lambda: logits.argmax(dim=1))
         resolved.check_range(logits.shape[1])
@@ -152,7 +114,7 @@ class _ChannelCAM:
             maps, layer_maps = maps[:, 0], layer_maps[:, 0]
         return CamResult(maps=maps, layer_maps=layer_maps, logits=logits if targets is None else None,
                          targets=resolved.indices, backend="torch",
-                         settings=dict(method=self.method, layer=self.layer_name, batch_rows=self._rows(x.device)))
+                         settings=dict(method=self.method, layer=self.layer_name, batch_rows=self.rows(x.device)))
 
     def _weights(self, x, A, logits, targets):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -166,7 +128,7 @@ class ScoreCAM(_ChannelCAM):
     def _weights(self, x, A, logits, targets):
         B, K = A.shape[:2]
         H, W = x.shape[-2:]
-        rows = self._rows(x.device)
+        rows = self.rows(x.device)
         scores = torch.empty(B * K, targets.per_image, dtype=torch.float64, device=x.device)
         with torch.no_grad():
             for start in range(0, B * K, rows):
@@ -193,7 +155,7 @@ class AblationCAM(_ChannelCAM):
 
     def _weights(self, x, A, logits, targets):
         B, K = A.shape[:2]
-        rows = self._rows(x.device)
+        rows = self.rows(x.device)
         base = self._row_scores(targets, logits, torch.arange(B, device=x.device)).double()  # (B, T)
         ablated = torch.empty(B, K, targets.per_image, dtype=torch.float64, device=x.device)
         if self.ablation_value is None:  # pytorch-grad-cam's AblationLayer

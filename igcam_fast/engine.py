@@ -121,7 +121,63 @@ def _weights_version(model: nn.Module) -> int:
     return sum(t._version for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-class CamEngine:
+class LayerExplainer:
+    """What every explainer of one layer of one model shares: the model and its layer, one
+    forward hook on the layer (removed by :meth:`close`, the context manager or garbage
+    collection), and the checks of an input batch. Subclasses implement ``_on_layer_output``.
+    """
+
+    def __init__(self, model: nn.Module, layer, *, batch_rows: int | None = None, allow_training: bool = False):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if batch_rows is not None and (not isinstance(batch_rows, int) or batch_rows < 1):
+            raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
+        self.model = model
+        self.layer_name, self.layer = resolve_layer(model, layer)
+        self.batch_rows = batch_rows
+        self.allow_training = allow_training
+        self._hook = self.layer.register_forward_hook(self._on_layer_output)
+
+    def _on_layer_output(self, module, inputs, output):
+        raise NotImplementedError
+
+    def rows(self, device) -> int:
+        """Rows (images or path images) per forward on ``device``."""
+        return self.batch_rows or default_batch_rows(device)
+
+    def close(self) -> None:
+        """Remove the hook from the model. Idempotent."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty batch")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinite values")
+        if self.model.training and not self.allow_training:
+            raise RuntimeError("the model is in training mode: BatchNorm and Dropout would make the maps depend "
+                               "on the batch and on chance. Call model.eval() first (or pass allow_training=True)")
+
+
+class CamEngine(LayerExplainer):
     """Explains images with one of :data:`METHODS` at one layer of one model.
 
     Keeps its hook on the layer and the cached baseline features between calls; use it as a
@@ -160,12 +216,8 @@ class CamEngine:
                  batch_rows: int | None = None, autocast: torch.dtype | None = None,
                  channels_last: bool | None = None, backend: str | None = None,
                  allow_training: bool = False, reshape_transform=None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.model = model
-        self.layer_name, self.layer = resolve_layer(model, layer)
         self.method = method
         if method == "igcam":
             if preset is not None and preset not in PRESETS:
@@ -196,37 +248,15 @@ class CamEngine:
         self.relu = bool(relu)
         self.normalize = bool(normalize)
         self.output_size = output_size
-        if batch_rows is not None and (not isinstance(batch_rows, int) or batch_rows < 1):
-            raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
-        self.batch_rows = batch_rows
         if autocast not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"autocast must be None, torch.float16 or torch.bfloat16, got {autocast!r}")
         self.autocast = autocast
         self.channels_last = channels_last
         self.backend = backend
-        self.allow_training = allow_training
         self.reshape_transform = reshape_transform
         self._mode = None  # what the hook does on the next forward: None, "features", "grad"
         self._captured = None
-        self._hook = self.layer.register_forward_hook(self._on_layer_output)
-
-    # ---- lifetime -------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Remove the hook from the model. Idempotent."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        with contextlib.suppress(Exception):
-            self.close()
+        super().__init__(model, layer, batch_rows=batch_rows, allow_training=allow_training)
 
     # ---- the hook ----------------------------------------------------------------------------
 
@@ -277,21 +307,6 @@ class CamEngine:
         return torch.autocast(device_type=device.type, dtype=self.autocast)
 
     # ---- inputs ------------------------------------------------------------------------------
-
-    def _check_input(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-        if x.shape[0] == 0:
-            raise ValueError("x is an empty batch")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x contains NaN or infinite values")
-        if self.model.training and not self.allow_training:
-            raise RuntimeError("the model is in training mode: BatchNorm and Dropout would make the maps depend "
-                               "on the batch and on chance. Call model.eval() first (or pass allow_training=True)")
 
     def _baseline_image(self, x):
         """x' in model-input space: (C, H, W) shared, or (B, C, H, W) per image."""
@@ -371,7 +386,7 @@ class CamEngine:
         if self.subtract_baseline:
             with record_function("igcam::baseline_features"):
                 baseline_features = self._baseline_features(base, x)
-        rows = self.batch_rows or default_batch_rows(device)
+        rows = self.rows(device)
         while True:
             try:
                 layer_maps, chosen = self._integrate(x, base, baseline_features, resolved, rows)
