@@ -12,6 +12,18 @@
 
 namespace igcam_fast {
 
+// Kernels accumulate in float, or in double for double inputs.
+template <typename T>
+struct AccumulateType {
+  using type = float;
+};
+template <>
+struct AccumulateType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_type = typename AccumulateType<T>::type;
+
 // Error messages are assembled here, without std::ostream: c10::str formats numbers through
 // ostream code that GCC >= 13 inlines into this library, and that inlined code crashes when the
 // process runs an older libstdc++ (seen: g++ 13 build, torch 2.11 venv). A single std::string

@@ -17,17 +17,6 @@
 namespace igcam_fast {
 namespace {
 
-template <typename T>
-struct AccumulateType {
-  using type = float;
-};
-template <>
-struct AccumulateType<double> {
-  using type = double;
-};
-template <typename T>
-using acc_type = typename AccumulateType<T>::type;
-
 // Σ_{i<n} f(i) with independent lanes (vectorisable without reassociation flags).
 template <typename acc_t, typename F>
 inline acc_t lane_sum(int64_t n, const F& f) {

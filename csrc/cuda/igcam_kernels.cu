@@ -25,17 +25,6 @@
 namespace igcam_fast {
 namespace {
 
-template <typename T>
-struct AccumulateType {
-  using type = float;
-};
-template <>
-struct AccumulateType<double> {
-  using type = double;
-};
-template <typename T>
-using acc_type = typename AccumulateType<T>::type;
-
 constexpr int kWarp = 32;
 
 template <typename T>
