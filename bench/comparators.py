@@ -218,6 +218,53 @@ def pgc_composed(model: nn.Module, layer: str, x: torch.Tensor, targets, *, step
     return run
 
 
+def captum_available() -> str | None:
+    """None when captum imports, else why not."""
+    try:
+        import captum  # noqa: F401
+    except ImportError as err:
+        return f"captum is not installed ({err})"
+    return None
+
+
+def captum_composed(model: nn.Module, layer: str, x: torch.Tensor, targets, *, steps=50, rule="right", mean=None,
+                    std=None):
+    """What a captum user composes today: LayerGradCam on the stacked B·m path images (one batched
+    call, gradients w.r.t. the layer only), ReLU per path point, weighted sum over the steps."""
+    from captum.attr import LayerGradCam
+
+    _, module = resolve_layer(model, layer)
+    alphas, weights = path_nodes(rule, steps)
+    base = black_image(x, mean, std)
+    B = x.shape[0]
+    target = torch.as_tensor(targets, dtype=torch.int64).repeat_interleave(steps).tolist()
+    explainer = LayerGradCam(model, module)
+
+    def run():
+        stack = base + alphas.to(x.device, x.dtype)[None, :, None, None, None] * (x[:, None] - base)
+        maps = explainer.attribute(stack.reshape(B * steps, *x.shape[1:]), target=target, relu_attributions=True)
+        maps = maps.reshape(B, steps, *maps.shape[2:])
+        return torch.einsum("bthw,t->bhw", maps, weights.to(maps.device, maps.dtype))
+
+    return run
+
+
+def pgc_adapter_gradcam(model: nn.Module, layer: str, x: torch.Tensor, targets):
+    """igcam_fast.compat.pytorch_grad_cam.GradCAM: the one-import switch, same call as upstream."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from igcam_fast.compat.pytorch_grad_cam import GradCAM
+
+    _, module = resolve_layer(model, layer)
+    cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+    cam = GradCAM(model, [module])
+
+    def run():
+        return cam(input_tensor=x, targets=cam_targets)
+
+    return run
+
+
 def pgc_gradcam(model: nn.Module, layer: str, x: torch.Tensor, targets):
     """pytorch-grad-cam's plain GradCAM of the B images."""
     from pytorch_grad_cam import GradCAM
@@ -261,5 +308,5 @@ def usable_backends(device: torch.device, dtype=torch.float32, names=None) -> tu
 
 
 __all__ = ["forward_floor", "project", "reference", "authors_procedure", "pgc_composed", "pgc_gradcam",
-           "pgc_available", "usable_backends", "backend_reasons", "black_image",
+           "pgc_available", "captum_available", "captum_composed", "pgc_adapter_gradcam", "usable_backends", "backend_reasons", "black_image",
            "igcam_fast"]

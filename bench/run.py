@@ -369,6 +369,16 @@ def section_models(p: Preset, device, rec: Recorder, models: dict):
                             "pgc_composed",
                             lambda: C.pgc_composed(m.model, m.layer, x, targets, steps=p.paper_steps, **common),
                             dict(m=p.paper_steps, rule="right", provider_kind="comparator"), slow=True, check=False)
+                    add("ours via the pytorch-grad-cam adapter (GradCAM, same call)", "pgc_adapter_gradcam",
+                        lambda: C.pgc_adapter_gradcam(m.model, m.layer, x, targets),
+                        dict(m=1, rule="-", provider_kind="project"))
+                why = C.captum_available()
+                if why:
+                    rec.skip(f"{case.name} captum comparator", why)
+                elif slow_here:
+                    add(f"captum LayerGradCam over {p.paper_steps} path images, summed", "captum_composed",
+                        lambda: C.captum_composed(m.model, m.layer, x, targets, steps=p.paper_steps, **common),
+                        dict(m=p.paper_steps, rule="right", provider_kind="comparator"), slow=True, check=False)
                 ref_m = p.reference_steps.get(case.name)
                 if ref_m:
                     add(f"reference (reference.py, loop per step) m={ref_m}", "reference",
@@ -435,7 +445,7 @@ def _add_ratios(by_role: dict):
             row["x_floor"] = row["median_ms"] / floor["median_ms"]
     ours = by_role.get("igcam_default")
     if ours:
-        for role in ("authors", "pgc_composed", "reference", "igcam_paper"):
+        for role in ("authors", "pgc_composed", "captum_composed", "reference", "igcam_paper"):
             if role in by_role:
                 by_role[role]["speedup_of_default"] = by_role[role]["median_ms"] / ours["median_ms"]
 
