@@ -91,7 +91,8 @@ ACCURACY_ALL = [("right 50 (paper)", "right", 50, {}), ("left 50", "left", 50, {
                 ("Grad-CAM - A' (m=1 at α=1)", "right", 1, {})]
 ACCURACY_QUICK = [a for a in ACCURACY_ALL if a[0] in ("right 50 (paper)", "left 50",
                                                       "demo 50 (authors' code: left, no A', sum/m)", "middle 8",
-                                                      "GL 4", "GL 8", "GL 16", "GL 32", "Grad-CAM - A' (m=1 at α=1)")]
+                                                      "GL 4", "GL 8", "GL 10", "GL 16", "GL 32",
+                                                      "Grad-CAM - A' (m=1 at α=1)")]
 
 PRECISION_CPU = [("bf16 autocast", dict(autocast=torch.bfloat16)), ("channels_last off", dict(channels_last=False))]
 PRECISION_ALL = [("bf16 autocast", dict(autocast=torch.bfloat16)), ("fp16 autocast", dict(autocast=torch.float16)),
@@ -878,7 +879,7 @@ def markdown(env: dict, p: Preset, rows: list[dict], targets: list[dict], skippe
                ""]
     orows = _find(rows, section="options")
     if orows:
-        md += ["## Backends and dtype/layout options (default GL 16)", ""]
+        md += [f"## Backends and dtype/layout options (default GL {DEFAULT_STEPS})", ""]
         md += [_table(["model", "B", "option", "backend", "dtype", "options", "median ms", "IQR ms", "images/s",
                        "× floor", "peak MiB"],
                       [[r["model"], r["batch"], r["provider"], r["backend"], r["dtype"], r["options"], _f(r["median_ms"]),

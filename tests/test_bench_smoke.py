@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from bench import run as R
+from igcam_fast.engine import DEFAULT_STEPS
 
 
 def _tiny_build():
@@ -25,7 +26,8 @@ def _tiny_preset():
         reference_steps={"tiny": 2}, options_models=["tiny"],
         options=[("channels_last off", dict(channels_last=False))],
         accuracy_model=tiny, accuracy_photos=None, accuracy_images=2,
-        accuracy_configs=[("GL 4", "gausslegendre", 4, {}), ("GL 16", "gausslegendre", 16, {}),
+        accuracy_configs=[("GL 4", "gausslegendre", 4, {}),
+                          (f"GL {DEFAULT_STEPS}", "gausslegendre", DEFAULT_STEPS, {}),
                           ("demo 6", "demo", 6, {}), ("Grad-CAM", "gradcam", 1, {})],
         accuracy_reference_steps=24, accuracy_repeats=1, precision_configs=[("channels_last off",
                                                                              dict(channels_last=False))],
