@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .engine import CamResult, LayerExplainer
+from .engine import CamResult, LayerExplainer, chunk_plan
 from .targets import Targets, resolve_targets
 
 EXTRA_METHODS = ("scorecam", "ablationcam")
@@ -162,7 +162,7 @@ class AblationCAM(_ChannelCAM):
             value_of = lambda a: 0.0 if float(a.min()) == 0 else float(a.min()) - 1e7  # noqa: E731
         else:
             value_of = lambda a: self.ablation_value  # noqa: E731
-        for images, channels in self._chunks(B, K, rows):
+        for images, channels in chunk_plan(B, K, rows):  # (images, channels) blocks of <= rows copies
             nb, kc = images.stop - images.start, channels.stop - channels.start
             copies = A[images, None].expand(nb, kc, *A.shape[1:]).clone()  # (nb, kc, K, h, w)
             ch = torch.arange(channels.start, channels.stop, device=x.device)
@@ -183,17 +183,6 @@ class AblationCAM(_ChannelCAM):
             ablated[images, channels] = self._row_scores(targets, out, img).double().reshape(nb, kc, -1)
         weights = (base[:, None, :] - ablated) / base[:, None, :]
         return weights.transpose(1, 2)  # (B, T, K)
-
-    @staticmethod
-    def _chunks(B, K, rows):
-        if K <= rows:
-            per = max(1, rows // K)
-            for b0 in range(0, B, per):
-                yield slice(b0, min(B, b0 + per)), slice(0, K)
-        else:
-            for b in range(B):
-                for k0 in range(0, K, rows):
-                    yield slice(b, b + 1), slice(k0, min(K, k0 + rows))
 
 
 def make_extra(method: str, model, layer, **kw):

@@ -82,6 +82,7 @@ def chunk_plan(batch: int, steps: int, rows: int):
 
     Whole images (all their path points) go together when m <= rows, so that combine sees each
     image's full sum; otherwise one image's path points are split and the pieces added up.
+    (Score-CAM and Ablation-CAM split (image, channel) copies the same way.)
     """
     if steps <= rows:
         per = max(1, rows // steps)
