@@ -90,14 +90,14 @@ def run(args) -> list[dict]:
             ], boxes=photo.boxes)
             sheet.save(out / f"{photo.name}.png")
             rows.append(row)
-    print(format_table(rows, device, integrated))
+    print(format_table(rows, device, integrated, args.model))
     print(f"\nwrote {len(rows)} PNG overlays and {2 * len(rows)} .npy maps to {out}/")
     return rows
 
 
-def format_table(rows, device, engine) -> str:
+def format_table(rows, device, engine, model_name) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    lines = [f"EfficientNet-Lite0 style run on {name}; Integrated Grad-CAM: {engine.rule}, m = {engine.steps}; "
+    lines = [f"{model_name} at {engine.layer_name!r} on {name}; Integrated Grad-CAM: {engine.rule}, m = {engine.steps}; "
              "energy in box = share of the map's energy inside the object's box (higher is better)", "",
              "| image | class | confidence | Grad-CAM ms | IG-CAM ms | ratio | Grad-CAM energy in box | IG-CAM energy in box |",
              "|---|---|---|---|---|---|---|---|"]
