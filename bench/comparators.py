@@ -182,6 +182,12 @@ def authors_procedure(model: nn.Module, layer: str, x: torch.Tensor, targets, *,
 # ---- 4. pytorch-grad-cam ----------------------------------------------------------------------------
 
 
+def stacked_path(x, base, alphas):
+    """The (B·m, C, H, W) path images as a user composing another library builds them: plain ops."""
+    stack = base + alphas.to(x.device, x.dtype)[None, :, None, None, None] * (x[:, None] - base)
+    return stack.reshape(-1, *x.shape[1:])
+
+
 def pgc_available() -> str | None:
     """None when pytorch-grad-cam imports, else why not."""
     try:
@@ -208,8 +214,7 @@ def pgc_composed(model: nn.Module, layer: str, x: torch.Tensor, targets, *, step
     cam_targets = [ClassifierOutputTarget(int(t)) for t in targets for _ in range(steps)]
 
     def run():
-        stack = base + alphas.to(x.device, x.dtype)[None, :, None, None, None] * (x[:, None] - base)
-        stack = stack.reshape(B * steps, *x.shape[1:])
+        stack = stacked_path(x, base, alphas)
         with GradCAM(model=model, target_layers=[module]) as cam:
             maps = cam(input_tensor=stack, targets=cam_targets)
         model.zero_grad(set_to_none=True)
@@ -241,8 +246,7 @@ def captum_composed(model: nn.Module, layer: str, x: torch.Tensor, targets, *, s
     explainer = LayerGradCam(model, module)
 
     def run():
-        stack = base + alphas.to(x.device, x.dtype)[None, :, None, None, None] * (x[:, None] - base)
-        maps = explainer.attribute(stack.reshape(B * steps, *x.shape[1:]), target=target, relu_attributions=True)
+        maps = explainer.attribute(stacked_path(x, base, alphas), target=target, relu_attributions=True)
         maps = maps.reshape(B, steps, *maps.shape[2:])
         return torch.einsum("bthw,t->bhw", maps, weights.to(maps.device, maps.dtype))
 

@@ -470,17 +470,9 @@ class CamEngine(LayerExplainer):
         size = tuple(self.output_size) if self.output_size is not None else tuple(input_size)
         flat = layer_maps.reshape(B * T, h, w)
         if self.normalize:  # pytorch-grad-cam scales at layer resolution, resizes, then scales again
-            flat = minmax_scale(flat)
+            flat = ops.minmax_scale(flat)
         return ops.upsample(flat, size, normalize=self.normalize, backend=self.backend).reshape(B, T, *size)
 
-
-def minmax_scale(maps: torch.Tensor) -> torch.Tensor:
-    """Per map (v - min) / (1e-7 + max - min) over all but the first dimension (scale_cam_image)."""
-    flat = maps.flatten(1)
-    shape = (-1,) + (1,) * (maps.dim() - 1)
-    lo = flat.amin(dim=1).view(shape)
-    hi = flat.amax(dim=1).view(shape)
-    return (maps - lo) / (1e-7 + (hi - lo))
 
 
 def _run(method, model, x, layer, targets, return_result, options):

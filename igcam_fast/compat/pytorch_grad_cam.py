@@ -58,7 +58,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .. import ops
 from ..engine import CamEngine
-from ..engine import minmax_scale as _minmax
+from ..ops import minmax_scale as _minmax
 
 __all__ = ["IntegratedGradCAM", "GradCAM", "GradCAMPlusPlus"]
 

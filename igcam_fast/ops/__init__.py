@@ -23,11 +23,11 @@ import os
 import torch
 
 from .backends import (BACKEND_ENV, Backend, backend_names, choose_backend, explain_backends,
-                       get_backend, register_backend)
+                       get_backend, minmax_scale, register_backend)
 
 __all__ = [
     "path_images", "combine", "upsample", "poison_outputs", "choose_backend", "explain_backends",
-    "get_backend", "backend_names", "register_backend", "Backend", "BACKEND_ENV", "WEIGHT_MODES",
+    "get_backend", "backend_names", "register_backend", "minmax_scale", "Backend", "BACKEND_ENV", "WEIGHT_MODES",
 ]
 
 #: combine's ways of turning gradients into channel weights.

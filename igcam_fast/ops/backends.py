@@ -27,6 +27,16 @@ PRIORITY = {
 BACKEND_ENV = "IGCAM_FAST_BACKEND"
 
 
+def minmax_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Per map (v - min) / (1e-7 + max - min) over all but the first dimension: pytorch-grad-cam's
+    scale_cam_image, and what ``upsample(normalize=True)`` computes after the interpolation."""
+    flat = maps.flatten(1)
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    lo = flat.amin(dim=1).view(shape)
+    hi = flat.amax(dim=1).view(shape)
+    return (maps - lo) / (1e-7 + (hi - lo))
+
+
 class Backend:
     """A set of implementations of ``path_images``, ``combine`` and ``upsample``."""
 
@@ -125,12 +135,7 @@ class TorchBackend(Backend):
         acc = out.dtype
         up = torch.nn.functional.interpolate(maps.to(acc)[:, None], size=out.shape[1:], mode="bilinear",
                                              align_corners=False)[:, 0]
-        if normalize:
-            flat = up.flatten(1)
-            lo = flat.amin(dim=1)[:, None, None]
-            hi = flat.amax(dim=1)[:, None, None]
-            up = (up - lo) / (1e-7 + (hi - lo))
-        out.copy_(up)
+        out.copy_(minmax_scale(up) if normalize else up)
 
 
 _REGISTRY: dict[str, Backend] = {}
