@@ -2,7 +2,7 @@
 
     forward_floor      plain inference forward of the same B·m path images (the physical limit)
     project            igcam_fast.CamEngine with a backend and options
-    reference          igcam_fast.reference.reference_integrated_gradcam (slow, loop per step)
+    reference          igcam_fast.core.reference.reference_integrated_gradcam (slow, loop per step)
     authors_procedure  the authors' demo re-implemented: host-side Python loop for the path, one
                        batched forward + backward with a TorchRay-style probe and frozen
                        parameters, numpy sum and host resize
@@ -24,9 +24,9 @@ from torch import nn
 
 import igcam_fast
 from igcam_fast import ops
-from igcam_fast.engine import CamEngine, chunk_plan, default_batch_rows, resolve_layer
-from igcam_fast.quadrature import path_nodes
-from igcam_fast.reference import reference_integrated_gradcam
+from igcam_fast.core.engine import CamEngine, chunk_plan, default_batch_rows, resolve_layer
+from igcam_fast.core.quadrature import path_nodes
+from igcam_fast.core.reference import reference_integrated_gradcam
 
 
 def black_image(x: torch.Tensor, mean, std) -> torch.Tensor:

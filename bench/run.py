@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from igcam_fast import ops
-from igcam_fast.engine import DEFAULT_RULE, DEFAULT_STEPS, CamEngine
+from igcam_fast.core.engine import DEFAULT_RULE, DEFAULT_STEPS, CamEngine
 
 from . import comparators as C
 from .timing import PeakMemory, Provider, Stats, device_slug, do_bench_ms, environment, measure, time_call
@@ -275,7 +275,7 @@ def photo_inputs(names, size, mean, std, device, count=2, seed=0):
     """(N, 3, size, size) inputs: the bundled photos, or seeded random images where unavailable."""
     if names:
         try:
-            from igcam_fast.photos import bundled_photos, to_input
+            from igcam_fast.images.photos import bundled_photos, to_input
 
             return torch.cat([to_input(p.image, size, mean, std) for p in bundled_photos(names)]).to(device), None
         except Exception as err:

@@ -6,10 +6,10 @@
 See README.md for the method, the defaults and their measured cost and accuracy.
 """
 
-from .engine import (DEFAULT_RULE, DEFAULT_STEPS, IMAGENET_MEAN, IMAGENET_STD, METHODS, PRESETS, CamEngine,
+from igcam_fast.core.engine import (DEFAULT_RULE, DEFAULT_STEPS, IMAGENET_MEAN, IMAGENET_STD, METHODS, PRESETS, CamEngine,
                      CamResult, gradcam, gradcampp, integrated_gradcam)
-from .ops import explain_backends
-from .quadrature import RULES, path_nodes
+from igcam_fast.ops import explain_backends
+from igcam_fast.core.quadrature import RULES, path_nodes
 
 #: The class form of integrated_gradcam: keeps its hook and cached baseline features.
 IntegratedGradCAM = CamEngine

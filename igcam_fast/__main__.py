@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from igcam_fast.commands.cli import main
 
 sys.exit(main())

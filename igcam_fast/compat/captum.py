@@ -41,8 +41,8 @@ import torch
 from captum.attr import LayerAttribution
 from torch import nn
 
-from ..engine import CamEngine
-from ..quadrature import canonical_rule
+from igcam_fast.core.engine import CamEngine
+from igcam_fast.core.quadrature import canonical_rule
 
 __all__ = ["LayerIntegratedGradCam"]
 

@@ -56,9 +56,9 @@ from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .. import ops
-from ..engine import CamEngine
-from ..ops import minmax_scale as _minmax
+from igcam_fast import ops
+from igcam_fast.core.engine import CamEngine
+from igcam_fast.ops import minmax_scale as _minmax
 
 __all__ = ["IntegratedGradCAM", "GradCAM", "GradCAMPlusPlus"]
 

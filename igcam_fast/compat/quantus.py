@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import CamEngine
+from igcam_fast.core.engine import CamEngine
 
 __all__ = ["explain_func", "make_explain_func"]
 

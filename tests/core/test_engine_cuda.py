@@ -5,7 +5,7 @@ import torch
 
 import igcam_fast
 from igcam_fast import ops
-from igcam_fast import reference as R
+from igcam_fast.core import reference as R
 
 from test_engine import rel_err, small_cnn
 

@@ -8,7 +8,7 @@ logged instead (an empty or missing split is always an error: there would be not
 
 Boxes: VOC's xmin..xmax are 1-based inclusive pixel indices; they are stored here as 0-based
 pixel edges (x1, y1, x2, y2) = (xmin − 1, ymin − 1, xmax, ymax), the convention of
-igcam_fast.photos.box_mask.
+igcam_fast.images.photos.box_mask.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger("igcam_fast.voc")
+log = logging.getLogger("igcam_fast.evaluation.voc")
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .quadrature import path_nodes
+from igcam_fast.core.quadrature import path_nodes
 
 GRADCAMPP_EPS = 1e-6  # as pytorch-grad-cam's GradCAMPlusPlus
 
@@ -170,7 +170,7 @@ def reference_integrated_gradcam(
         x: (B, C, H, W) input in model space.
         layer: the target module inside model.
         targets: one class index per image.
-        steps, rule: the quadrature (see :mod:`igcam_fast.quadrature`).
+        steps, rule: the quadrature (see :mod:`igcam_fast.core.quadrature`).
         baseline: (C, H, W) or (B, C, H, W) image x'; None means zeros.
         subtract_baseline: subtract A' = A(x') (the paper) or not (the authors' demo).
         output_size: (H, W) to upsample to, or None for layer resolution.

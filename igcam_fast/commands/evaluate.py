@@ -30,14 +30,18 @@ from pathlib import Path
 
 import torch
 
-from . import metrics as Mx
-from .cams_extra import EXTRA_METHODS, make_extra
-from .engine import CamEngine
-from .models import load_model
-from .photos import box_mask, load_image, to_input
-from .voc.dataset import VOC_CLASSES, VocError, load_voc
+from igcam_fast.evaluation import metrics as Mx
+from igcam_fast.evaluation.channel_cams import EXTRA_METHODS, make_extra
+from igcam_fast.core.engine import CamEngine
+from igcam_fast.models import load_model
+from igcam_fast.images.photos import box_mask, load_image, to_input
+from igcam_fast.evaluation.voc.dataset import VOC_CLASSES, VocError, load_voc
 
-log = logging.getLogger("igcam_fast.evaluate")
+NAME = "evaluate"
+HELP = "EBPG, Bbox, Drop%% and Increase%% of the methods on a PASCAL VOC 2007 style folder"
+
+
+log = logging.getLogger("igcam_fast.commands.evaluate")
 
 #: method name -> (label, how to build it)
 METHOD_LABELS = {

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import ModelSpec
+from igcam_fast.models import ModelSpec
 
 DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 INPUT_SIZE = 64
@@ -247,8 +247,8 @@ def resnet_style() -> ModelSpec:
 
 def load_split_tensors(root: str | Path, split: str):
     """(x (N, 3, 64, 64) normalised, y (N, 10) multi-hot incl. difficult objects) of a split."""
-    from ..photos import load_image, to_input
-    from .dataset import load_voc
+    from igcam_fast.images.photos import load_image, to_input
+    from igcam_fast.evaluation.voc.dataset import load_voc
 
     images = load_voc(root, split, DIGIT_CLASSES, check_images=False)
     xs = torch.cat([to_input(load_image(im.path), INPUT_SIZE, MEAN, STD) for im in images])

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bench import run as R
-from igcam_fast.engine import DEFAULT_STEPS
+from igcam_fast.core.engine import DEFAULT_STEPS
 
 
 def _tiny_build():

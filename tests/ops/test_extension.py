@@ -1,4 +1,4 @@
-"""The compiled backends (igcam_fast._C on CPU, igcam_fast._C_cuda on CUDA) against igcam_fast.reference.
+"""The compiled backends (igcam_fast._C on CPU, igcam_fast._C_cuda on CUDA) against igcam_fast.core.reference.
 
 Shapes are swept over awkward sizes (K not a multiple of any block, h·w = 1, odd H and W), dtypes
 with the backend's per-dtype tolerances, contiguous / channels_last / strided views, and outputs
@@ -19,7 +19,7 @@ import torch
 import igcam_fast.ops as ops
 from igcam_fast.ops.backends import get_backend
 from igcam_fast.ops.extension import extension_status
-from igcam_fast.reference import reference_combine, reference_path_images, reference_upsample
+from igcam_fast.core.reference import reference_combine, reference_path_images, reference_upsample
 
 STATUS = extension_status()
 OPS = ("path_images_out", "combine_out", "upsample_out")

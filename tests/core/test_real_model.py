@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import igcam_fast
-from igcam_fast import cli
+from igcam_fast.commands import cli
 from igcam_fast.models import efficientnet_lite0
-from igcam_fast.photos import box_mask, bundled_photos, to_input
+from igcam_fast.images.photos import box_mask, bundled_photos, to_input
 
 
 @pytest.fixture(scope="module")

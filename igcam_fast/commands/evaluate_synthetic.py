@@ -1,8 +1,8 @@
 """The evaluation benchmark that runs without PASCAL VOC: one command,
 
-    python -m igcam_fast.voc.benchmark          (or: igcam-fast evaluate-synthetic)
+    python -m igcam_fast.commands.evaluate_synthetic          (or: igcam-fast evaluate-synthetic)
 
-1. generates the synthetic VOC-layout digits data set (igcam_fast.voc.synthetic), cached;
+1. generates the synthetic VOC-layout digits data set (igcam_fast.evaluation.voc.synthetic), cached;
 2. trains the VGG-style and the ResNet-style multi-label classifiers on it (seeded, cached) and
    reports their test mAP;
 3. runs the very same ``igcam-fast evaluate`` command on each (printed, so it can be re-run);
@@ -22,12 +22,16 @@ from pathlib import Path
 
 import torch
 
-from .. import metrics as Mx
-from ..engine import CamEngine
-from ..evaluate import DEFAULT_METHODS, build_explainer, command_line, format_table, method_label
-from ..evaluate import main as evaluate_main
-from ..evaluate import parse_methods
-from . import synthetic as S
+from igcam_fast.evaluation import metrics as Mx
+from igcam_fast.core.engine import CamEngine
+from igcam_fast.commands.evaluate import DEFAULT_METHODS, build_explainer, command_line, format_table, method_label
+from igcam_fast.commands.evaluate import main as evaluate_main
+from igcam_fast.commands.evaluate import parse_methods
+from igcam_fast.evaluation.voc import synthetic as S
+
+NAME = "evaluate-synthetic"
+HELP = "the evaluation benchmark on a generated VOC-layout data set and real photos"
+
 
 ALL_METHODS = "gradcam,gradcampp,igcam,igcam_paper,gradcam_minus_baseline,scorecam,ablationcam"
 
@@ -51,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def photo_sanity(methods, device="cpu", repeats: int = 1) -> dict:
     """EfficientNet-Lite0 on the bundled photos: each photo's top-1 class, its box as the mask."""
-    from ..models import load_model
-    from ..photos import box_mask, bundled_photos, to_input
+    from igcam_fast.models import load_model
+    from igcam_fast.images.photos import box_mask, bundled_photos, to_input
 
     spec = load_model("efficientnet_lite0")
     device = torch.device(device)
@@ -128,7 +132,7 @@ def run(args) -> dict:
     sections = []
     for arch in S.ARCHITECTURES:
         weights, info = S.ensure_trained(arch, root, epochs=args.epochs, seed=args.seed, cache=args.cache)
-        argv = ["--voc", str(root), "--split", "test", "--model", f"igcam_fast.voc.synthetic:{arch}",
+        argv = ["--voc", str(root), "--split", "test", "--model", f"igcam_fast.evaluation.voc.synthetic:{arch}",
                 "--weights", str(weights), "--methods", methods, "--out", str(out / arch),
                 "--device", args.device,
                 "--title", f"{arch} (test mAP {info['test_mAP']:.3f}), synthetic digits VOC test split"]
@@ -154,7 +158,7 @@ def run(args) -> dict:
         sections.append("### Real photos: EfficientNet-Lite0 (SPEC §3 boxes)\n\n" + format_photo_tables(photos))
     summary["seconds"] = time.perf_counter() - started
     text = "\n\n".join(sections)
-    from ..evaluate import PUBLISHED
+    from igcam_fast.commands.evaluate import PUBLISHED
 
     text += ("\n\nPublished reference figures (SISE paper, AAAI 2021; PASCAL VOC 2007 test with real VGG16/ResNet-50; "
              "NOT comparable to the synthetic data set, listed for orientation):\n\n"
@@ -171,8 +175,8 @@ def run(args) -> dict:
 
 def _chance(root) -> float:
     """Mean share of the image covered by the explained class's (non-difficult) boxes."""
-    from ..photos import box_mask
-    from .dataset import load_voc
+    from igcam_fast.images.photos import box_mask
+    from igcam_fast.evaluation.voc.dataset import load_voc
 
     shares = []
     for im in load_voc(root, "test", S.DIGIT_CLASSES, check_images=False):

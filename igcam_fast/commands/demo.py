@@ -16,10 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import CamEngine
-from .models import load_model
-from .overlay import overlay, side_by_side
-from .photos import Photo, box_mask, bundled_photos, energy_in_mask, load_image, to_input
+from igcam_fast import CamEngine
+from igcam_fast.models import load_model
+from igcam_fast.images.overlay import overlay, side_by_side
+from igcam_fast.images.photos import Photo, box_mask, bundled_photos, energy_in_mask, load_image, to_input
+
+
+NAME = "demo"
+HELP = "explain photos with Grad-CAM and Integrated Grad-CAM side by side"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

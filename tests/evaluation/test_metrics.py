@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from igcam_fast import metrics as M
+from igcam_fast.evaluation import metrics as M
 
 
 def t(rows, dtype=torch.float32):

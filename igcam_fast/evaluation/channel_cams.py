@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
-from .engine import CamResult, LayerExplainer, chunk_plan
-from .targets import Targets, resolve_targets
+from igcam_fast import ops
+from igcam_fast.core.engine import CamResult, LayerExplainer, chunk_plan
+from igcam_fast.core.targets import Targets, resolve_targets
 
 EXTRA_METHODS = ("scorecam", "ablationcam")
 

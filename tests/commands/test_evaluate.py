@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from igcam_fast import cli, evaluate
-from igcam_fast.cams_extra import AblationCAM, ScoreCAM
-from igcam_fast.photos import box_mask
-from igcam_fast.voc import VocError, load_voc
-from igcam_fast.voc import synthetic as S
+from igcam_fast.commands import cli, evaluate
+from igcam_fast.evaluation.channel_cams import AblationCAM, ScoreCAM
+from igcam_fast.images.photos import box_mask
+from igcam_fast.evaluation.voc import VocError, load_voc
+from igcam_fast.evaluation.voc import synthetic as S
 
 
 def small_cnn(pool="avg"):
@@ -104,7 +104,7 @@ def test_bad_input_is_an_error_naming_the_file(voc, damage, match, caplog):
         with pytest.raises(VocError, match="is empty"):
             load_voc(voc, "test", S.DIGIT_CLASSES, skip_bad=True)
         return
-    with caplog.at_level(logging.WARNING, logger="igcam_fast.voc"):
+    with caplog.at_level(logging.WARNING, logger="igcam_fast.evaluation.voc"):
         images = load_voc(voc, "test", S.DIGIT_CLASSES, skip_bad=True)
     assert [im.image_id for im in images] == ["000002", "000004", "000005"]
     assert "skipping image 000003" in caplog.text and "000003" in caplog.text
@@ -132,7 +132,7 @@ def _damage(voc, damage):
 
 
 def test_the_command_reports_bad_input_and_corrupt_images(voc, tmp_path):
-    args = ["evaluate", "--voc", str(voc), "--model", "igcam_fast.voc.synthetic:resnet_style", "--methods", "gradcam",
+    args = ["evaluate", "--voc", str(voc), "--model", "igcam_fast.evaluation.voc.synthetic:resnet_style", "--methods", "gradcam",
             "--out", str(tmp_path / "out"), "--no-progress"]
     (voc / "JPEGImages" / "000004.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(VocError, match="000004.jpg: not a readable image"):
@@ -155,7 +155,7 @@ def test_evaluate_end_to_end_on_a_trained_model(tmp_path):
     weights = tmp_path / "resnet_style.pt"
     torch.save(net.state_dict(), weights)
     out = tmp_path / "out"
-    result = evaluate.main(["--voc", str(root), "--model", "igcam_fast.voc.synthetic:resnet_style",
+    result = evaluate.main(["--voc", str(root), "--model", "igcam_fast.evaluation.voc.synthetic:resnet_style",
                             "--weights", str(weights), "--methods", evaluate.DEFAULT_METHODS,
                             "--steps", "8", "--out", str(out), "--no-progress"])
     saved = json.loads((out / "results.json").read_text())

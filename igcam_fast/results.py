@@ -1,6 +1,6 @@
 """Reading (and atomically writing) the output folders of ``igcam-fast explain``.
 
-    from igcam_fast.io import open_results
+    from igcam_fast.results import open_results
     results = open_results("out/")            # reads manifest.json only
     len(results)                              # number of maps (one per image and target)
     rec = results[0]                          # Record(index, id, target, score, prob, map)

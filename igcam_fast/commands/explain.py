@@ -8,7 +8,7 @@ class), a PASCAL VOC folder (JPEGImages + ImageSets/Main/<split>.txt + Annotatio
 file of image paths. Images are decoded and resized on DataLoader workers while the model runs.
 The maps go to DIR/shards/shard-NNNNNN.npz (numpy, float16 by default) with their image ids,
 targets and scores; DIR/manifest.json describes them (see docs/explain.md, and
-igcam_fast.io.open_results to read them back). A killed run restarted with the same command
+igcam_fast.results.open_results to read them back). A killed run restarted with the same command
 skips every finished shard.
 """
 
@@ -30,7 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io as rio
+from igcam_fast import results as rio
+from igcam_fast.commands import CommandError
+
+NAME = "explain"
+HELP = "explain a whole data set (resumable; torchrun for several GPUs or machines)"
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -46,7 +51,7 @@ MAP_DTYPES = {"float16": np.float16, "float32": np.float32}
 _TEST_DELAY_ENV = "IGCAM_FAST_TEST_BATCH_DELAY"
 
 
-class ExplainError(Exception):
+class ExplainError(CommandError):
     """A problem with the user's request, reported as one clear line (exit status 2)."""
 
 
@@ -451,8 +456,8 @@ def run(args) -> dict:
 
 
 def _run(args) -> dict:
-    from .engine import CamEngine
-    from .models import load_model
+    from igcam_fast.core.engine import CamEngine
+    from igcam_fast.models import load_model
 
     t_start = time.perf_counter()
     if args.batch_size < 1 or args.shard_size < 1:
@@ -784,7 +789,7 @@ class _null:
 
 
 def _write_overlay(out: Path, image_u8: torch.Tensor, m: np.ndarray, index: int, target: int, shard_size: int) -> None:
-    from .overlay import overlay
+    from igcam_fast.images.overlay import overlay
 
     path = out / rio.overlay_name(index, target, shard_size)
     path.parent.mkdir(parents=True, exist_ok=True)

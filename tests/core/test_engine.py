@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import igcam_fast
-from igcam_fast import reference as R
-from igcam_fast.engine import _BASELINE_FEATURES, CamEngine
+from igcam_fast.core import reference as R
+from igcam_fast.core.engine import _BASELINE_FEATURES, CamEngine
 
 
 def small_cnn(classes=5, pool="avg", width=6):

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from . import ops
-from .quadrature import canonical_rule, path_nodes
-from .targets import Targets, resolve_targets
+from igcam_fast import ops
+from igcam_fast.core.quadrature import canonical_rule, path_nodes
+from igcam_fast.core.targets import Targets, resolve_targets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

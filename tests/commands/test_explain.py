@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from igcam_fast import CamEngine
-from igcam_fast.cli import main
-from igcam_fast.explain_dataset import load_image_uint8, to_model_input
-from igcam_fast.io import open_results
+from igcam_fast.commands.cli import main
+from igcam_fast.commands.explain import load_image_uint8, to_model_input
+from igcam_fast.results import open_results
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
 import tiny_models  # noqa: E402

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 
 import igcam_fast.ops as ops  # noqa: E402
 import igcam_fast.ops.triton_backend as triton_backend  # noqa: E402  (registers "triton")
-from igcam_fast.reference import reference_combine, reference_path_images, reference_upsample  # noqa: E402
+from igcam_fast.core.reference import reference_combine, reference_path_images, reference_upsample  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -45,7 +45,7 @@ def test_interpreter_in_subprocess():
     be = ops.get_backend("triton")
     if DEVICE.type == "cuda" or not be.reasons(DEVICE, DTYPES) or os.environ.get(_SUBPROCESS_ENV):
         pytest.skip("not needed: the tests run in this process")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, TRITON_INTERPRET="1", **{_SUBPROCESS_ENV: "1"})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     run = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider",
