@@ -5,18 +5,19 @@ One call explains B images:
     2. forward of the network in chunks of rows, with no autograd graph in the body: the target
        layer's forward hook hands the head a fresh leaf, so the gradient is taken only from the
        class scores back to the layer (never into the body, never into the parameters)
-    3. per target: ∂y/∂A by one backward through the head
+    3. per target: the channel weights — from one backward through the head, or, for a global
+       average pooling + linear head, straight from the linear layer's weights (the forward then
+       stops at the layer; igcam_fast.core.head)
     4. weighting, baseline subtraction, ReLU and the sum over the path points     [ops.combine]
     5. bilinear upsampling to the input size, optionally min-max scaled          [ops.upsample]
-The baseline features A' = A(x') are computed once per (model, layer, shape, dtype, device,
-baseline, weights version) and reused.
+The options are one :class:`~igcam_fast.core.config.CamConfig`; the method (which points of the path,
+which channel weights) one :class:`~igcam_fast.core.methods.Method`; x' is resolved once per call and
+A' = A(x') cached between calls while the weights are unchanged (igcam_fast.core.baseline).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -24,38 +25,20 @@ from torch import nn
 from torch.profiler import record_function
 
 from igcam_fast import ops
-from igcam_fast.core.quadrature import canonical_rule, path_nodes
+from igcam_fast.core.baseline import BASELINE_FEATURES, Baseline, resolve_baseline
+from igcam_fast.core.config import (DEFAULT_BATCH_ROWS, DEFAULT_RULE, DEFAULT_STEPS, PRESETS, CamConfig,
+                                    default_batch_rows)
+from igcam_fast.core.head import find_linear_head
+from igcam_fast.core.layer import LayerExplainer, chunk_plan, resolve_layer, training_dependent_modules
+from igcam_fast.core.methods import METHODS, get_method
+from igcam_fast.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from igcam_fast.core.targets import Targets, resolve_targets
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: The default quadrature: the fewest forward passes measured to stay within 1 % (relative L2)
-#: of a 128-node Gauss-Legendre map on ten real photos (worst 0.87 %; README, "Defaults").
-DEFAULT_RULE = "gausslegendre"
-DEFAULT_STEPS = 10
-
-#: Named settings. "accurate": Gauss-Legendre m = 16 (worst 0.51 % on the same photos).
-#: "paper": the paper's right Riemann sum, m = 50. "demo": the authors' code (α_i = i/m for
-#: i = 0..m-1, no A' subtraction, sum). "gradcam_minus_baseline": the ablation of Grad-CAM with
-#: A' subtracted (m = 1 at α = 1).
-PRESETS = {
-    "default": dict(rule=DEFAULT_RULE, steps=DEFAULT_STEPS, subtract_baseline=True),
-    "accurate": dict(rule="gausslegendre", steps=16, subtract_baseline=True),
-    "paper": dict(rule="right", steps=50, subtract_baseline=True),
-    "demo": dict(rule="demo", steps=50, subtract_baseline=False),
-    "gradcam_minus_baseline": dict(rule="right", steps=1, subtract_baseline=True),
-}
-
-METHODS = ("igcam", "gradcam", "gradcampp")
-
-#: Rows (path images) per forward when not given: small enough for CPU caches and GPU memory
-#: at 224×224, large enough to amortise per-call overhead. CUDA halves it on out-of-memory.
-DEFAULT_BATCH_ROWS = {"cpu": 64, "cuda": 256}
-
-# A' per model, keyed by everything that changes it; weak so that models can be freed.
-_BASELINE_FEATURES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_BASELINE_CACHE_SIZE = 8
+__all__ = [
+    "CamEngine", "CamResult", "integrated_gradcam", "gradcam", "gradcampp", "chunk_plan", "resolve_layer",
+    "default_batch_rows", "LayerExplainer", "CamConfig", "PRESETS", "METHODS", "DEFAULT_RULE", "DEFAULT_STEPS",
+    "DEFAULT_BATCH_ROWS", "IMAGENET_MEAN", "IMAGENET_STD",
+]
 
 
 @dataclass
@@ -66,7 +49,12 @@ class CamResult:
     layer_maps: the same at layer resolution, (B, [T,] h, w), before upsampling and scaling.
     logits: (B, classes) of the real inputs when they were computed (targets=None), else None.
     targets: (B, T) class indices when the targets were indices, else None.
-    backend: the name of the backend that ran the fused ops.
+    backend: the backend that ran the fused combine op.
+    closed_form_head: whether the channel weights came from the linear head's weights (no backward);
+        ``head`` says why or why not.
+    precision_fallback_rows: path images whose fp16 activations or gradients were not finite and were
+        redone in float32 (0 unless autocast=torch.float16).
+    settings: the method, quadrature and layer, for records.
     """
 
     maps: torch.Tensor
@@ -74,295 +62,113 @@ class CamResult:
     logits: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     backend: str = ""
+    closed_form_head: bool = False
+    head: str = ""
+    precision_fallback_rows: int = 0
     settings: dict = field(default_factory=dict)
-
-
-def chunk_plan(batch: int, steps: int, rows: int):
-    """The (image slice, step slice) pieces of one call, each at most ``rows`` path images.
-
-    Whole images (all their path points) go together when m <= rows, so that combine sees each
-    image's full sum; otherwise one image's path points are split and the pieces added up.
-    (Score-CAM and Ablation-CAM split (image, channel) copies the same way.)
-    """
-    if steps <= rows:
-        per = max(1, rows // steps)
-        for b0 in range(0, batch, per):
-            yield slice(b0, min(batch, b0 + per)), slice(0, steps)
-    else:
-        for b in range(batch):
-            for t0 in range(0, steps, rows):
-                yield slice(b, b + 1), slice(t0, min(steps, t0 + rows))
-
-
-def default_batch_rows(device: torch.device) -> int:
-    return DEFAULT_BATCH_ROWS.get(torch.device(device).type, 64)
 
 
 class _StopForward(Exception):
     """Raised by the hook once the layer's output is captured and nothing after it is needed."""
 
 
-def resolve_layer(model: nn.Module, layer) -> tuple[str, nn.Module]:
-    """The (name, module) of ``layer``: a dotted name in ``model`` or a module inside it."""
-    if isinstance(layer, str):
-        modules = dict(model.named_modules())
-        if layer not in modules:
-            close = [n for n in modules if n and (layer in n or n.endswith(layer.split(".")[-1]))][:5]
-            hint = f"; did you mean one of {close}?" if close else ""
-            raise ValueError(f"layer {layer!r} is not a module of the model{hint}")
-        return layer, modules[layer]
-    if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return name, module
-        raise ValueError("layer is a module that is not part of the model")
-    raise TypeError(f"layer must be a module name (str) or an nn.Module, got {type(layer).__name__}")
-
-
-def _weights_version(model: nn.Module) -> int:
-    # In-place updates (optimiser steps, load_state_dict) bump _version; versions only grow.
-    return sum(t._version for t in itertools.chain(model.parameters(), model.buffers()))
-
-
-class LayerExplainer:
-    """What every explainer of one layer of one model shares: the model and its layer, one
-    forward hook on the layer (removed by :meth:`close`, the context manager or garbage
-    collection), and the checks of an input batch. Subclasses implement ``_on_layer_output``.
-    """
-
-    def __init__(self, model: nn.Module, layer, *, batch_rows: int | None = None, allow_training: bool = False):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if batch_rows is not None and (not isinstance(batch_rows, int) or batch_rows < 1):
-            raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
-        self.model = model
-        self.layer_name, self.layer = resolve_layer(model, layer)
-        self.batch_rows = batch_rows
-        self.allow_training = allow_training
-        self._hook = self.layer.register_forward_hook(self._on_layer_output)
-
-    def _on_layer_output(self, module, inputs, output):
-        raise NotImplementedError
-
-    def rows(self, device) -> int:
-        """Rows (images or path images) per forward on ``device``."""
-        return self.batch_rows or default_batch_rows(device)
-
-    def close(self) -> None:
-        """Remove the hook from the model. Idempotent."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        with contextlib.suppress(Exception):
-            self.close()
-
-    def _check_input(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-        if x.shape[0] == 0:
-            raise ValueError("x is an empty batch")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x contains NaN or infinite values")
-        if self.model.training and not self.allow_training:
-            raise RuntimeError("the model is in training mode: BatchNorm and Dropout would make the maps depend "
-                               "on the batch and on chance. Call model.eval() first (or pass allow_training=True)")
-
-
 class CamEngine(LayerExplainer):
-    """Explains images with one of :data:`METHODS` at one layer of one model.
+    """Explains images with one method at one layer of one model.
 
     Keeps its hook on the layer and the cached baseline features between calls; use it as a
-    context manager (or call :meth:`close`) to remove the hook.
+    context manager (or call :meth:`close`) to remove the hook; a dropped engine removes it too.
+    Safe to call from several threads (each thread's forwards are its own).
 
     Args:
         model: the network, in eval mode; its output must be (B, classes) scores.
         layer: the target layer (dotted name or module); its output must be (N, K, h, w).
-        method: "igcam" (Integrated Grad-CAM), "gradcam" or "gradcampp".
-        preset: one of :data:`PRESETS`; explicit rule/steps/subtract_baseline override it.
-        rule: quadrature rule (right, left, middle, trapezoid, gausslegendre, demo).
-        steps: number of path points m.
-        baseline: "black" (black pixels through the normalisation mean/std), "zeros",
-            a tensor (C, H, W) or (B, C, H, W) in model-input space, or a callable x -> tensor.
-        mean, std: the model's input normalisation, used for the "black" baseline.
-        subtract_baseline: subtract A' = A(x') at each path point (the paper) or not (demo).
-        relu: ReLU at each path point (the paper) or signed maps.
-        normalize: min-max scale each map to [0, 1] as pytorch-grad-cam does (at layer
-            resolution, then again after upsampling).
-        output_size: (H, W) of the output maps; None: the input's size; "layer": no upsampling.
-        batch_rows: path images per forward; None: a per-device default.
-        autocast: None (the input's dtype), torch.float16 or torch.bfloat16 for the forward.
-        channels_last: run the forward on channels_last path images (None: per-device default).
-        backend: force a backend for the fused ops (see igcam_fast.ops.explain_backends).
-        allow_training: explain a model in training mode anyway (BatchNorm/Dropout then
-            make the map depend on the batch and on chance; refused by default).
-        reshape_transform: a function applied to the layer's output and to its gradient to make
-            them (N, K, h, w), e.g. for the token outputs of ViT/Swin layers (pytorch-grad-cam's
-            meaning; it must only rearrange elements).
+        config: a :class:`CamConfig`; or give its fields as keyword arguments (``method``, ``preset``,
+            ``rule``, ``steps``, ``baseline``, ``mean``, ``std``, ...), documented there.
     """
 
-    def __init__(self, model: nn.Module, layer, *, method: str = "igcam", preset: str | None = None,
-                 rule: str | None = None, steps: int | None = None, baseline="black",
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, subtract_baseline: bool | None = None,
-                 relu: bool = True, normalize: bool = False, output_size=None,
-                 batch_rows: int | None = None, autocast: torch.dtype | None = None,
-                 channels_last: bool | None = None, backend: str | None = None,
-                 allow_training: bool = False, reshape_transform=None):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.method = method
-        if method == "igcam":
-            if preset is not None and preset not in PRESETS:
-                raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
-            settings = dict(PRESETS[preset or "default"])
-            if rule is not None:
-                settings["rule"] = rule
-            if steps is not None:
-                settings["steps"] = steps
-            if subtract_baseline is not None:
-                settings["subtract_baseline"] = subtract_baseline
-        else:  # Grad-CAM and Grad-CAM++: one point, the input itself, no baseline
-            if preset is not None or rule is not None or (steps not in (None, 1)):
-                raise ValueError(f"method={method!r} takes no preset, rule or steps (it is one point, α = 1)")
-            settings = dict(rule="right", steps=1, subtract_baseline=bool(subtract_baseline))
-        self.rule = canonical_rule(settings["rule"])
-        self.steps = settings["steps"]
-        self.subtract_baseline = settings["subtract_baseline"]
-        self.alphas, self.step_weights = path_nodes(self.rule, self.steps)  # validates steps
-        self.baseline = baseline
-        self.mean = torch.as_tensor(mean, dtype=torch.float64)
-        self.std = torch.as_tensor(std, dtype=torch.float64)
-        if self.mean.shape != self.std.shape or self.mean.dim() != 1:
-            raise ValueError(f"mean and std must be 1-D sequences of the same length, got {tuple(self.mean.shape)} "
-                             f"and {tuple(self.std.shape)}")
-        if (self.std == 0).any():
-            raise ValueError("std must not contain zeros")
-        self.relu = bool(relu)
-        self.normalize = bool(normalize)
-        self.output_size = output_size
-        if autocast not in (None, torch.float16, torch.bfloat16):
-            raise ValueError(f"autocast must be None, torch.float16 or torch.bfloat16, got {autocast!r}")
-        self.autocast = autocast
-        self.channels_last = channels_last
-        self.backend = backend
-        self.reshape_transform = reshape_transform
-        self._mode = None  # what the hook does on the next forward: None, "features", "grad"
-        self._captured = None
-        super().__init__(model, layer, batch_rows=batch_rows, allow_training=allow_training)
+    def __init__(self, model: nn.Module, layer, *, config: CamConfig | None = None, **options):
+        if config is not None and options:
+            raise TypeError("give either config= or keyword options, not both")
+        self.config = config if config is not None else CamConfig.from_options(**options)
+        self._method = get_method(self.config.method)
+        self.alphas, self.step_weights = self._method.path(self.config.rule, self.config.steps)
+        self._layout_by_shape: dict[tuple, bool] = {}  # input (C, H, W) -> channels_last accepted
+        super().__init__(model, layer, batch_rows=self.config.batch_rows, allow_training=self.config.allow_training)
+        self.mean, self.std = self.config.normalisation(model)
+
+    # The settings, readable as attributes.
+    method = property(lambda self: self.config.method)
+    rule = property(lambda self: self.config.rule)
+    steps = property(lambda self: self.config.steps)
+    subtract_baseline = property(lambda self: self.config.subtract_baseline)
 
     # ---- the hook ----------------------------------------------------------------------------
 
     def _on_layer_output(self, module, inputs, output):
-        if self._mode is None:
+        state = self._state
+        if state.calls > 1:  # a second call in one forward: counted, refused after the forward
             return None
         if not isinstance(output, torch.Tensor):
             raise ValueError(f"layer {self.layer_name!r} must output a tensor, got {type(output).__name__}")
-        shaped = self._to_maps(output) if self.reshape_transform is not None else output
+        shaped = self._to_maps(output)
         if not isinstance(shaped, torch.Tensor) or shaped.dim() != 4:
             shape = tuple(shaped.shape) if isinstance(shaped, torch.Tensor) else type(shaped).__name__
-            hint = "" if self.reshape_transform else " (give reshape_transform for token-shaped outputs)"
+            hint = "" if self.config.reshape_transform else " (give reshape_transform for token-shaped outputs)"
             raise ValueError(f"layer {self.layer_name!r} must output a 4-D (N, K, h, w) tensor, got {shape}{hint}")
-        if self._mode == "features":
-            self._captured = output.detach()
+        if state.mode == "features":
+            state.captured = output.detach()
             raise _StopForward
         # "grad": the body ran without a graph; from here on record one, rooted at a fresh leaf.
         torch.set_grad_enabled(True)
         leaf = output.detach().requires_grad_(True)
-        self._captured = leaf
+        state.captured = leaf
         # A clone, so that an in-place op after the layer (ReLU(inplace=True)) touches neither
         # the leaf nor the activations we keep.
         return leaf.clone()
 
     def _to_maps(self, t):
-        return self.reshape_transform(t) if self.reshape_transform is not None else t
+        transform = self.config.reshape_transform
+        return transform(t) if transform is not None else t
 
-    def _forward(self, images, mode):
-        """Run the model on images with the hook in ``mode``; returns (layer output, logits|None)."""
-        self._mode, self._captured = mode, None
-        logits = None
+    def _forward(self, images, mode, autocast):
+        """Run the model on images with the hook in ``mode``; returns (layer output, logits|None).
+
+        A channels_last forward that the model rejects (a ``.view()`` on conv features) is rerun
+        contiguous, and that input shape is remembered as contiguous-only; the maps are the same.
+        """
+        key = tuple(images.shape[1:])
         try:
-            with torch.no_grad(), self._autocast_context(images.device):
+            result = self._forward_once(images, mode, autocast)
+        except RuntimeError as err:
+            if (self.config.channels_last is not None or key in self._layout_by_shape or isinstance(
+                    err, torch.cuda.OutOfMemoryError) or images.is_contiguous()):
+                raise
+            self._layout_by_shape[key] = False
+            return self._forward_once(images.contiguous(), mode, autocast)
+        if mode == "grad" and not images.is_contiguous():  # the whole model ran in this layout
+            self._layout_by_shape.setdefault(key, True)
+        return result
+
+    def _forward_once(self, images, mode, autocast):
+        logits = None
+        with self._hooked(mode) as state:
+            with torch.no_grad(), _autocast(images.device, autocast):
                 try:
                     logits = self.model(images)
                 except _StopForward:
                     pass
-        finally:
-            self._mode = None
-        if self._captured is None:
-            raise ValueError(f"layer {self.layer_name!r} was not called during the forward pass")
-        captured, self._captured = self._captured, None
-        return captured, logits
+            if mode == "grad":
+                self._check_called_once(state)
+            elif state.captured is None:
+                raise ValueError(f"layer {self.layer_name!r} was not called during the forward pass")
+            return state.captured, logits
 
-    def _autocast_context(self, device):
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.autocast)
-
-    # ---- inputs ------------------------------------------------------------------------------
-
-    def _baseline_image(self, x):
-        """x' in model-input space: (C, H, W) shared, or (B, C, H, W) per image."""
-        B, C, H, W = x.shape
-        spec = self.baseline
-        if callable(spec) and not isinstance(spec, torch.Tensor):
-            spec = spec(x)
-        if isinstance(spec, str):
-            if spec == "zeros":
-                return torch.zeros(C, H, W, dtype=x.dtype, device=x.device)
-            if spec == "black":
-                if self.mean.numel() != C:
-                    raise ValueError(f"baseline='black' needs mean/std with {C} channels to match x, "
-                                     f"got {self.mean.numel()}")
-                black = (0.0 - self.mean) / self.std
-                return black.to(x.device, x.dtype)[:, None, None].expand(C, H, W).contiguous()
-            raise ValueError(f"baseline must be 'black', 'zeros', a tensor or a callable, got {spec!r}")
-        if not isinstance(spec, torch.Tensor):
-            raise TypeError(f"baseline must be 'black', 'zeros', a tensor or a callable, got {type(spec).__name__}")
-        if spec.dim() == 4 and spec.shape[0] == 1:
-            spec = spec[0]
-        if tuple(spec.shape) not in ((C, H, W), (B, C, H, W)):
-            raise ValueError(f"baseline must have shape {(C, H, W)} or {(B, C, H, W)} to match x, "
-                             f"got {tuple(spec.shape)}")
-        if not bool(torch.isfinite(spec).all()):
-            raise ValueError("baseline contains NaN or infinite values")
-        return spec.to(x.device, x.dtype)
-
-    def _uses_channels_last(self, device) -> bool:
-        if self.channels_last is not None:
-            return self.channels_last
-        return True  # measured faster on the CPU at identical output; the cuDNN default on GPUs
-
-    def _baseline_features(self, base, x):
-        """A' for a shared (C, H, W) baseline (cached) or a per-image (B, C, H, W) one."""
-        channels_last = self._uses_channels_last(x.device)
-        images = base[None] if base.dim() == 3 else base
-        images = images.to(self.autocast or x.dtype)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if base.dim() == 4 or not isinstance(self.baseline, str):
-            features = self._to_maps(self._forward(images, "features")[0])
-            return features if base.dim() == 4 else features[0]
-        key = (self.layer_name, self.reshape_transform, self.baseline, tuple(self.mean.tolist()), tuple(self.std.tolist()),
-               tuple(x.shape[1:]), x.dtype, x.device, self.autocast, channels_last,
-               _weights_version(self.model))
-        per_model = _BASELINE_FEATURES.setdefault(self.model, {})
-        if key not in per_model:
-            features = self._to_maps(self._forward(images, "features")[0])
-            if len(per_model) >= _BASELINE_CACHE_SIZE:
-                per_model.pop(next(iter(per_model)))
-            per_model[key] = features[0]
-        return per_model[key]
+    def _channels_last(self, x) -> bool:
+        if self.config.channels_last is not None:
+            return self.config.channels_last
+        # Measured faster on the CPU at identical output, and cuDNN's preferred layout; a model
+        # that cannot take it is found on its first forward (see _forward).
+        return self._layout_by_shape.get(tuple(x.shape[1:]), True)
 
     # ---- the call ----------------------------------------------------------------------------
 
@@ -373,26 +179,33 @@ class CamEngine(LayerExplainer):
     def explain(self, x, targets=None) -> CamResult:
         """Explain x; see :class:`CamResult` for what comes back."""
         self._check_input(x)
-        device = x.device
-        B = x.shape[0]
+        # The head backward needs autograd even when the caller runs under no_grad or inference_mode.
+        with torch.inference_mode(False), self._training_guard():
+            return self._explain(x, targets)
+
+    def _explain(self, x, targets) -> CamResult:
+        config, device, B = self.config, x.device, x.shape[0]
         logits_x = None
         if targets is None:
-            with record_function("igcam::argmax_forward"):
-                self._mode = None
-                with torch.no_grad(), self._autocast_context(device):
-                    logits_x = self.model(x)
-                self._check_logits(logits_x, B)
+            with record_function("igcam::argmax_forward"), torch.no_grad(), _autocast(device, config.autocast):
+                logits_x = self.model(x)
+            self._check_logits(logits_x, B)
+            if not bool(torch.isfinite(logits_x).all()):
+                raise ValueError("the model's scores for x contain NaN or infinite values, so no class can be chosen")
         resolved = resolve_targets(targets, B, argmax=lambda: logits_x.argmax(dim=1))
-        # Grad-CAM and Grad-CAM++ explain the input itself: no baseline image at all.
-        base = self._baseline_image(x) if self.method == "igcam" else None
+        head, head_reason = self._linear_head(resolved)
+        if head is not None:
+            resolved.check_range(head.num_classes)
+        baseline = (resolve_baseline(config.baseline, x, self.mean, self.std)
+                    if self._method.walks_path or config.subtract_baseline else None)
         baseline_features = None
-        if self.subtract_baseline:
+        if config.subtract_baseline:
             with record_function("igcam::baseline_features"):
-                baseline_features = self._baseline_features(base, x)
+                baseline_features = self._baseline_features(baseline, x)
         rows = self.rows(device)
         while True:
             try:
-                layer_maps, chosen = self._integrate(x, base, baseline_features, resolved, rows)
+                layer_maps, chosen, fallback = self._integrate(x, baseline, baseline_features, resolved, rows, head)
                 break
             except torch.cuda.OutOfMemoryError:
                 if rows == 1:
@@ -404,75 +217,155 @@ class CamEngine(LayerExplainer):
             maps = self._upsample(layer_maps, x.shape[-2:])
         if resolved.per_image == 1:
             maps, layer_maps = maps[:, 0], layer_maps[:, 0]
-        settings = dict(method=self.method, rule=self.rule, steps=self.steps,
-                        subtract_baseline=self.subtract_baseline, layer=self.layer_name,
-                        autocast=str(self.autocast), batch_rows=rows)
+        settings = dict(method=config.method, rule=config.rule, steps=config.steps,
+                        subtract_baseline=config.subtract_baseline, layer=self.layer_name,
+                        autocast=str(config.autocast), batch_rows=rows, channels_last=self._channels_last(x))
         return CamResult(maps=maps, layer_maps=layer_maps, logits=logits_x, targets=resolved.indices,
-                         backend=chosen, settings=settings)
+                         backend=chosen, closed_form_head=head is not None, head=head_reason,
+                         precision_fallback_rows=fallback, settings=settings)
 
     def _check_logits(self, logits, rows):
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"the model must return (N, classes) scores, got {shape}")
 
-    def _integrate(self, x, base, baseline_features, targets: Targets, rows):
+    def _linear_head(self, targets: Targets):
+        """The closed-form head where it applies to this call, and the reason either way."""
+        if self.config.closed_form_head is False:
+            return None, "closed_form_head=False"
+        if not self._method.gradients_are_linear_in_head_weights:
+            return None, f"{self.config.method} weighs gradients non-linearly"
+        if targets.indices is None:
+            return None, "callable targets may be non-linear in the scores"
+        if self.config.reshape_transform is not None:
+            return None, "a reshape_transform is given"
+        if training_dependent_modules(self.model):
+            return None, "a module whose forward depends on it is in training mode"
+        return find_linear_head(self.model, self.layer_name)
+
+    def _baseline_features(self, baseline: Baseline, x):
+        """A' for a shared (C, H, W) baseline (cached) or a per-image (B, C, H, W) one."""
+        config = self.config
+        images = baseline.image[None] if baseline.shared else baseline.image
+        channels_last = self._channels_last(x)
+
+        def compute():
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            for autocast in _precisions(config.autocast):
+                rows = images.to(autocast or x.dtype).contiguous(memory_format=layout)
+                features = self._to_maps(self._forward(rows, "features", autocast)[0])
+                if bool(torch.isfinite(features).all()):
+                    return features if not baseline.shared else features[0]
+            raise ValueError(f"the baseline's activations at layer {self.layer_name!r} contain NaN or infinite "
+                             f"values (in {x.dtype}): the model produces them for the baseline image")
+
+        if not baseline.shared or baseline.cache_name is None:
+            return compute()
+        key = (self.layer_name, config.reshape_transform, baseline.cache_name, tuple(self.mean.tolist()),
+               tuple(self.std.tolist()), tuple(x.shape[1:]), x.dtype, x.device, config.autocast, channels_last)
+        return BASELINE_FEATURES.get(self.model, key, compute)
+
+    def _integrate(self, x, baseline, baseline_features, targets: Targets, rows, head):
+        """(layer maps (B, T, h, w), combine backend, rows redone in float32)."""
         device = x.device
-        B, m, T = x.shape[0], self.steps, targets.per_image
+        B, m, T = x.shape[0], self.config.steps, targets.per_image
         node_dtype = ops.accumulation_dtype(x.dtype)
         alphas = self.alphas.to(device, node_dtype)
         step_weights = self.step_weights.to(device, node_dtype)
-        channels_last = self._uses_channels_last(device)
-        forward_dtype = self.autocast or x.dtype
-        weight_mode = "gradcampp" if self.method == "gradcampp" else "gradcam"
-        single_input_point = m == 1 and float(self.alphas[0]) == 1.0
-        layer_maps = None
-        chosen = ""
+        layer_maps, chosen, fallback = None, "", 0
         for images, steps in chunk_plan(B, m, rows):
-            with record_function("igcam::path"):
-                if single_input_point:  # Grad-CAM: the input itself, bit for bit
-                    path = x[images].to(forward_dtype)
-                    if channels_last:
-                        path = path.contiguous(memory_format=torch.channels_last)
-                else:
-                    path = ops.path_images(x[images], base if base.dim() == 3 else base[images], alphas[steps],
-                                           dtype=forward_dtype, channels_last=channels_last, backend=self.backend)
-            with record_function("igcam::forward"):
-                leaf, logits = self._forward(path, "grad")
-            activations = self._to_maps(leaf.detach())
+            for autocast in _precisions(self.config.autocast):
+                parts, chosen = self._chunk(x, baseline, baseline_features, targets, images, steps, alphas[steps],
+                                            step_weights[steps], head, autocast)
+                if parts is not None:
+                    break
+                fallback += (images.stop - images.start) * (steps.stop - steps.start)
+            else:
+                raise ValueError(f"the activations or gradients at layer {self.layer_name!r} contain NaN or infinite "
+                                 f"values for images {images.start}..{images.stop - 1} (in {x.dtype}): the model "
+                                 "produces them for these inputs or their path images")
+            if layer_maps is None:
+                layer_maps = torch.zeros(B, T, *parts.shape[2:], dtype=parts.dtype, device=device)
+            layer_maps[images] += parts
+        return layer_maps, chosen, fallback
+
+    def _chunk(self, x, baseline, baseline_features, targets, images, steps, alphas, step_weights, head, autocast):
+        """The maps (n, T, h, w) of one chunk of path images, or None if a value was not finite."""
+        forward_dtype = autocast or x.dtype
+        channels_last = self._channels_last(x)
+        with record_function("igcam::path"):
+            if not self._method.walks_path:  # one point, the input itself, bit for bit
+                layout = torch.channels_last if channels_last else torch.contiguous_format
+                path = x[images].to(forward_dtype).contiguous(memory_format=layout)
+            else:
+                path = ops.path_images(x[images], baseline.rows(images), alphas, dtype=forward_dtype,
+                                       channels_last=channels_last, backend=self.config.backend)
+        with record_function("igcam::forward"):
+            leaf, logits = self._forward(path, "features" if head is not None else "grad", autocast)
+        activations = self._to_maps(leaf.detach())
+        if head is None:
             self._check_logits(logits, path.shape[0])
             targets.check_range(logits.shape[1])
-            r = steps.stop - steps.start
-            A_base = None
-            if baseline_features is not None:
-                A_base = baseline_features if baseline_features.dim() == 3 else baseline_features[images]
-                A_base = A_base.to(activations.dtype)
-            for column in range(T):
+        r = steps.stop - steps.start
+        A_base = None
+        if baseline_features is not None:
+            A_base = baseline_features if baseline_features.dim() == 3 else baseline_features[images]
+            A_base = A_base.to(activations.dtype)
+        finite = torch.isfinite(activations).all()
+        parts = []
+        for column in range(targets.per_image):
+            gradients = weights = None
+            if head is not None:
+                classes = targets.indices[images, column].repeat_interleave(r)
+                weights = head.channel_weights(classes, activations.shape[-2] * activations.shape[-1],
+                                               ops.accumulation_dtype(activations.dtype), activations.device)
+            else:
                 with record_function("igcam::head_backward"):
-                    score = targets.scores(logits, images, r, column)
-                    (gradients,) = torch.autograd.grad(score, leaf, retain_graph=column + 1 < T)
-                    gradients = self._to_maps(gradients)
-                with record_function("igcam::combine"):
-                    part = ops.combine(activations, gradients, None, A_base, step_weights[steps],
-                                       weight_mode=weight_mode, relu=self.relu, backend=self.backend)
-                if layer_maps is None:
-                    layer_maps = torch.zeros(B, T, *part.shape[1:], dtype=part.dtype, device=device)
-                    chosen = ops.choose_backend(device, {activations.dtype}, self.backend).name
-                layer_maps[images, column] += part
-            del leaf, activations, logits
-        return layer_maps, chosen
+                    gradients = self._gradients(targets.scores(logits, images, r, column), leaf,
+                                                retain=column + 1 < targets.per_image)
+                finite = finite & torch.isfinite(gradients).all()
+            with record_function("igcam::combine"):
+                parts.append(ops.combine(activations, gradients, weights, A_base, step_weights,
+                                         weight_mode=self._method.weight_mode, relu=self.config.relu,
+                                         backend=self.config.backend))
+        chosen = ops.choose_backend(activations.device, {activations.dtype}, self.config.backend).name
+        stacked = torch.stack(parts, dim=1)
+        if not bool(finite & torch.isfinite(stacked).all()):
+            return None, chosen
+        return stacked, chosen
+
+    def _gradients(self, score, leaf, retain: bool):
+        if not score.requires_grad:
+            raise ValueError(f"the class scores do not depend on layer {self.layer_name!r}'s output: is the layer "
+                             "connected to the model's output?")
+        try:
+            (gradients,) = torch.autograd.grad(score, leaf, retain_graph=retain)
+        except RuntimeError as err:
+            if "not have been used in the graph" in str(err):
+                raise ValueError(f"the class scores do not depend on layer {self.layer_name!r}'s output: is the "
+                                 "layer connected to the model's output?") from None
+            raise
+        return self._to_maps(gradients)
 
     def _upsample(self, layer_maps, input_size):
         B, T, h, w = layer_maps.shape
-        if isinstance(self.output_size, str):
-            if self.output_size != "layer":
-                raise ValueError(f"output_size must be (H, W), None or 'layer', got {self.output_size!r}")
-            return layer_maps
-        size = tuple(self.output_size) if self.output_size is not None else tuple(input_size)
         flat = layer_maps.reshape(B * T, h, w)
-        if self.normalize:  # pytorch-grad-cam scales at layer resolution, resizes, then scales again
+        if self.config.normalize:  # pytorch-grad-cam scales at layer resolution, resizes, then scales again
             flat = ops.minmax_scale(flat)
-        return ops.upsample(flat, size, normalize=self.normalize, backend=self.backend).reshape(B, T, *size)
+        if self.config.output_size == "layer":
+            return flat.reshape(B, T, h, w)
+        size = tuple(self.config.output_size or input_size)
+        return ops.upsample(flat, size, normalize=self.config.normalize,
+                            backend=self.config.backend).reshape(B, T, *size)
 
+
+def _autocast(device, dtype):
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _precisions(autocast):
+    """The precisions to try in turn: fp16 overflows are redone in float32; others are final."""
+    return (autocast, None) if autocast == torch.float16 else (autocast,)
 
 
 def _run(method, model, x, layer, targets, return_result, options):
@@ -481,7 +374,7 @@ def _run(method, model, x, layer, targets, return_result, options):
 
 
 def integrated_gradcam(model, x, layer, targets=None, *, return_result: bool = False, **options):
-    """Integrated Grad-CAM maps of x (B, C, H, W) at ``layer``; options as :class:`CamEngine`.
+    """Integrated Grad-CAM maps of x (B, C, H, W) at ``layer``; options as :class:`CamConfig`.
 
     Returns (B, H, W) maps (B, T, H, W for several targets per image), or a :class:`CamResult`
     with return_result=True. Baseline features are cached per model between calls.
@@ -490,7 +383,7 @@ def integrated_gradcam(model, x, layer, targets=None, *, return_result: bool = F
 
 
 def gradcam(model, x, layer, targets=None, *, return_result: bool = False, **options):
-    """Grad-CAM through the same engine (m = 1 at the input, no baseline)."""
+    """Grad-CAM through the same engine (m = 1 at the input; A' subtracted only if asked)."""
     return _run("gradcam", model, x, layer, targets, return_result, options)
 
 

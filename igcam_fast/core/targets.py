@@ -72,9 +72,14 @@ def resolve_targets(targets, batch: int, argmax: Callable[[], torch.Tensor] | No
         return Targets(argmax().detach().to("cpu", torch.int64).reshape(batch, 1), None, 1)
     if isinstance(targets, bool):
         raise TypeError("targets must be an int, a sequence, a tensor or callables, not a bool")
+    if isinstance(targets, (str, bytes)):
+        raise TypeError(f"targets must be class indices (ints) or callables, got the string {targets!r}; map class "
+                        "names to indices first (e.g. with the model's class list)")
     if isinstance(targets, int):
         return Targets(torch.full((batch, 1), targets, dtype=torch.int64), None, 1)
     if isinstance(targets, torch.Tensor):
+        if targets.dtype == torch.bool:
+            raise TypeError("targets tensor is boolean: give integer class indices (torch.nonzero turns a mask into them)")
         if targets.is_floating_point() or targets.is_complex():
             raise TypeError(f"targets tensor must hold integer class indices, got {targets.dtype}")
         t = targets.detach().to("cpu", torch.int64)

@@ -27,14 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from igcam_fast import ops
-from igcam_fast.core.engine import CamResult, LayerExplainer, chunk_plan
+from igcam_fast.core.engine import CamResult
+from igcam_fast.core.layer import LayerExplainer, chunk_plan
 from igcam_fast.core.targets import Targets, resolve_targets
 
 EXTRA_METHODS = ("scorecam", "ablationcam")
-
-
-class _Captured(Exception):
-    pass
 
 
 class _ChannelCAM(LayerExplainer):
@@ -49,34 +46,26 @@ class _ChannelCAM(LayerExplainer):
         self.normalize = bool(normalize)
         self.output_size = output_size
         self.backend = backend
-        self._mode = None
-        self._captured = None
-        self._replacement = None
         super().__init__(model, layer, batch_rows=batch_rows)
 
     def _on_layer_output(self, module, inputs, output):
-        if self._mode == "capture":
+        state = self._state
+        if state.mode == "capture":
             if not isinstance(output, torch.Tensor) or output.dim() != 4:
                 raise ValueError(f"layer {self.layer_name!r} must output a 4-D (N, K, h, w) tensor")
-            self._captured = output.detach().clone()
+            if state.calls == 1:
+                state.captured = output.detach().clone()
             return None
-        if self._mode == "replace":
-            return self._replacement
-        return None
+        return state.captured  # "replace": the ablated copies stand in for the layer's output
 
     def _capture(self, x):
         """(activations (B, K, h, w), logits (B, classes)) of the real inputs: one forward."""
-        self._mode, self._captured = "capture", None
-        try:
-            with torch.no_grad():
-                logits = self.model(x)
-        finally:
-            self._mode = None
-        if self._captured is None:
-            raise ValueError(f"layer {self.layer_name!r} was not called during the forward pass")
+        with self._hooked("capture") as state, torch.no_grad():
+            logits = self.model(x)
+            self._check_called_once(state)
+            A = state.captured
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError("the model must return (N, classes) scores")
-        A, self._captured = self._captured, None
         return A, logits
 
     @staticmethod
@@ -168,14 +157,11 @@ class AblationCAM(_ChannelCAM):
             ch = torch.arange(channels.start, channels.stop, device=x.device)
             value = value_of(A[images])
             copies[:, torch.arange(kc, device=x.device), ch] = value
-            self._replacement = copies.reshape(nb * kc, *A.shape[1:])
             body_input = x[images].repeat_interleave(kc, dim=0) if self.full_forward else x[images]
-            self._mode = "replace"
-            try:
-                with torch.no_grad():
-                    out = self.model(body_input)
-            finally:
-                self._mode, self._replacement = None, None
+            with self._hooked("replace") as state, torch.no_grad():
+                state.captured = copies.reshape(nb * kc, *A.shape[1:])
+                out = self.model(body_input)
+                state.captured = None
             if out.dim() != 2 or out.shape[0] != nb * kc:
                 raise ValueError(f"{self.layer_name!r}: the network after the layer did not return one row per "
                                  f"ablated copy ({tuple(out.shape)}); use AblationCAM(..., full_forward=True)")
