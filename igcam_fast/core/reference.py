@@ -151,6 +151,13 @@ def _layer_output(model, layer, image):
     return captured["A"][0]
 
 
+def _at_size(maps, output_size):
+    """(B, h, w) maps bilinearly resized to output_size (align_corners=False), or as they are if None."""
+    if output_size is None:
+        return maps
+    return F.interpolate(maps[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
+
+
 def reference_integrated_gradcam(
     model,
     x,
@@ -191,10 +198,7 @@ def reference_integrated_gradcam(
             D = A - A_base if A_base is not None else A
             total = total + omega * (w[:, None, None] * D).sum(dim=0).clamp(min=0)
         maps.append(total)
-    maps = torch.stack(maps)
-    if output_size is not None:
-        maps = F.interpolate(maps[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
-    return maps
+    return _at_size(torch.stack(maps), output_size)
 
 
 def reference_gradcam(model, x, layer, targets: Sequence[int], output_size=None):
@@ -203,10 +207,7 @@ def reference_gradcam(model, x, layer, targets: Sequence[int], output_size=None)
     for b in range(x.shape[0]):
         A, G = _layer_and_gradient(model, layer, x[b], targets[b])
         maps.append((G.mean(dim=(1, 2))[:, None, None] * A).sum(dim=0).clamp(min=0))
-    maps = torch.stack(maps)
-    if output_size is not None:
-        maps = F.interpolate(maps[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
-    return maps
+    return _at_size(torch.stack(maps), output_size)
 
 
 def reference_gradcampp(model, x, layer, targets: Sequence[int], output_size=None):
@@ -216,7 +217,4 @@ def reference_gradcampp(model, x, layer, targets: Sequence[int], output_size=Non
         A, G = _layer_and_gradient(model, layer, x[b], targets[b])
         w = gradcampp_channel_weights(A, G)
         maps.append((w[:, None, None] * A).sum(dim=0).clamp(min=0))
-    maps = torch.stack(maps)
-    if output_size is not None:
-        maps = F.interpolate(maps[:, None], size=tuple(output_size), mode="bilinear", align_corners=False)[:, 0]
-    return maps
+    return _at_size(torch.stack(maps), output_size)
