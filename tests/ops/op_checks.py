@@ -7,8 +7,10 @@ backend expects to fail. (Fixtures are in conftest.py.)
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 
+import pytest
 import torch
 
 import igcam_fast.ops as ops
@@ -24,12 +26,23 @@ def device_for(device_type: str) -> torch.device:
     return torch.device("cuda" if device_type == "cuda" else "cpu")
 
 
+#: Backends that must run (comma-separated names): on a GPU machine, IGCAM_FAST_REQUIRE_BACKENDS=cuda,triton
+#: turns "triton is not installed" from a skip into a failure.
+REQUIRE_ENV = "IGCAM_FAST_REQUIRE_BACKENDS"
+
+
 def backend_skip_reason(backend: ops.Backend, device: torch.device, dtypes) -> str | None:
-    """Why a backend's cases cannot run here (None: they run)."""
+    """Why a backend's cases cannot run here (None: they run); fails instead of skipping for a
+    backend named in IGCAM_FAST_REQUIRE_BACKENDS."""
     if device.type == "cuda" and not torch.cuda.is_available():
         return NO_GPU
     why = backend.reasons(device, dtypes)
-    return f"backend {backend.name} cannot run on {device.type} here: {'; '.join(why)}" if why else None
+    if not why:
+        return None
+    reason = f"backend {backend.name} cannot run on {device.type} here: {'; '.join(why)}"
+    if backend.name in os.environ.get(REQUIRE_ENV, "").split(","):
+        pytest.fail(f"{reason} ({REQUIRE_ENV} requires it)")
+    return reason
 
 
 def scaled_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -10,7 +10,6 @@ Backends that cannot run here (no GPU, not built) are listed and skip with their
 from __future__ import annotations
 
 import pytest
-import torch
 
 import igcam_fast.ops as ops
 from igcam_fast.ops.registry import OPS

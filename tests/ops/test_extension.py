@@ -205,6 +205,17 @@ def test_gpu_sized_cases(spec, case, backend):
 
 
 @pytest.mark.needs_cuda
+def test_cuda_kernels_have_an_image_for_this_card():
+    """The recorded architectures and the driver's probe agree that the kernels run here."""
+    from igcam_fast.ops.backends.compiled import _probe_reason, kernel_image_reason
+
+    index = torch.cuda.current_device()
+    assert kernel_image_reason(torch.cuda.get_device_capability(index), built_architectures()) is None
+    assert _probe_reason(index) is None
+    assert ops.get_backend("cuda").reasons(torch.device("cuda"), [torch.float32]) == []
+
+
+@pytest.mark.needs_cuda
 @pytest.mark.parametrize("index", range(7))
 def test_opcheck_cuda(index):
     op, args = _op_samples("cuda")[index]

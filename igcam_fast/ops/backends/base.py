@@ -2,7 +2,7 @@
 
 A backend declares the devices, dtypes and layouts it takes, which ops it implements, its size
 limits and whether it is built; for a call it cannot take it says why in words
-(:meth:`Backend.reasons_for`), and dispatch (:mod:`.dispatch`) moves on or, for a forced
+(:meth:`Backend.reasons`), and dispatch (:mod:`.dispatch`) moves on or, for a forced
 backend, raises with those words.
 
 The per-op interface: a backend implements an op by a method named after it, in out= form
@@ -22,8 +22,7 @@ element of it):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import torch
 
@@ -41,15 +40,17 @@ UNIT_ROUNDOFF = {
 }
 
 
-@dataclass(frozen=True)
-class OpCall:
+_NO_TENSORS: Mapping[str, torch.Tensor] = {}
+
+
+class OpCall(NamedTuple):
     """What dispatch knows of one call: the op, the device, the dtypes and the named tensors
-    (``out`` included, absent optional arguments left out)."""
+    (``out`` included, absent optional arguments left out). A tuple: it is built on every call."""
 
     op: str
     device: torch.device
     dtypes: frozenset
-    tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    tensors: Mapping[str, torch.Tensor] = _NO_TENSORS
 
     def layouts(self) -> dict[str, str]:
         """{argument: layout} of the tensors with more than one dimension."""
@@ -90,7 +91,14 @@ class Backend:
     def reasons(self, device: torch.device, dtypes, call: Optional[OpCall] = None) -> list[str]:
         """Why this backend cannot take tensors of these dtypes on this device (empty: it can);
         with ``call``, also why it cannot take that call (op, layouts, sizes)."""
-        device = torch.device(device)
+        if not isinstance(device, torch.device):
+            device = torch.device(device)
+        why = self.static_reasons(device, dtypes, call.op if call is not None else None)
+        return why + self.call_reasons(call) if call is not None else why
+
+    def static_reasons(self, device: torch.device, dtypes, op: Optional[str] = None) -> list[str]:
+        """The reasons that depend only on the device, the dtypes and the op, not on the
+        tensors' sizes or layouts: fixed within a process, so dispatch caches them."""
         why = []
         missing = self.unavailable_reason()
         if missing:
@@ -101,26 +109,26 @@ class Backend:
             on_device = self.device_reason(device)
             if on_device:
                 why.append(on_device)
-        bad = sorted(str(d).replace("torch.", "") for d in set(dtypes) if d not in self.dtypes)
+        bad = [d for d in dtypes if d not in self.dtypes]
         if bad:
-            why.append(f"does not support dtype {', '.join(bad)}")
-        if call is not None:
-            why.extend(self._call_reasons(call))
+            names = sorted({str(d).replace("torch.", "") for d in bad})
+            why.append(f"does not support dtype {', '.join(names)}")
+        if op is not None and (op not in self.ops or not callable(getattr(self, op, None))):
+            why.append(f"does not implement {op}")
         return why
 
-    def reasons_for(self, call: OpCall) -> list[str]:
-        """Why this backend cannot run this call (empty: it can)."""
-        return self.reasons(call.device, call.dtypes, call)
-
-    def _call_reasons(self, call: OpCall) -> list[str]:
-        if call.op not in self.ops or not callable(getattr(self, call.op, None)):
-            return [f"does not implement {call.op}"]
-        why = [f"does not take {name} in {layout} layout (only {', '.join(self.layouts)})"
-               for name, layout in call.layouts().items() if layout not in self.layouts]
+    def call_reasons(self, call: OpCall) -> list[str]:
+        """The reasons that depend on this call's tensors: layouts and size limits."""
+        why = []
+        if not set(LAYOUTS) <= set(self.layouts):  # (a backend taking any strides skips the look)
+            why = [f"does not take {name} in {layout} layout (only {', '.join(self.layouts)})"
+                   for name, layout in call.layouts().items() if layout not in self.layouts]
         return why + self.limits(call)
 
     def tolerance(self, input_dtypes, output_dtype: torch.dtype) -> float:
-        """The error (see the class doc) a correct result of this backend may have."""
+        """The error (see the class doc) a correct result of this backend may have: the compute
+        error of its widest-tolerance input dtype plus one unit in the last place of the output
+        dtype (2u: rounding to nearest costs u, but Triton's interpreter truncates to bfloat16)."""
         compute = max(self.tolerances[d] for d in input_dtypes)
         return compute + 2 * UNIT_ROUNDOFF[output_dtype]
 

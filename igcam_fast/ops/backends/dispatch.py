@@ -28,18 +28,22 @@ BACKEND_ENV = "IGCAM_FAST_BACKEND"
 _BUILT: dict[str, Backend] = {}
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 _RECORDS: contextvars.ContextVar[tuple] = contextvars.ContextVar("igcam_fast_op_records", default=())
+#: (backend, device, dtypes, op) -> the backend's static reasons (see Backend.static_reasons).
+_STATIC_REASONS: dict[tuple, tuple[str, ...]] = {}
 
 
 def register_backend(name: str, factory: Callable[[], Backend]) -> None:
     """Register a backend factory; it is built on first use (so importing stays cheap)."""
     _FACTORIES[name] = factory
     _BUILT.pop(name, None)
+    _STATIC_REASONS.clear()
 
 
 def unregister_backend(name: str) -> None:
     """Remove a registered backend (tests register temporary ones)."""
     _FACTORIES.pop(name, None)
     _BUILT.pop(name, None)
+    _STATIC_REASONS.clear()
 
 
 def get_backend(name: str) -> Backend:
@@ -55,6 +59,15 @@ def backend_names() -> list[str]:
     return list(_FACTORIES)
 
 
+def _reasons(backend: Backend, device: torch.device, dtypes: frozenset, call: Optional[OpCall]) -> list[str]:
+    """backend.reasons(device, dtypes, call), with the static part looked up once per process."""
+    key = (backend.name, device, dtypes, call.op if call is not None else None)
+    static = _STATIC_REASONS.get(key)
+    if static is None:
+        static = _STATIC_REASONS[key] = tuple(backend.static_reasons(device, dtypes, key[3]))
+    return [*static, *backend.call_reasons(call)] if call is not None else list(static)
+
+
 def choose_backend(device: torch.device, dtypes, backend: Optional[str] = None,
                    call: Optional[OpCall] = None) -> Backend:
     """The backend that runs an op on tensors of these dtypes on this device (and, with
@@ -63,12 +76,15 @@ def choose_backend(device: torch.device, dtypes, backend: Optional[str] = None,
     ``backend`` (or the IGCAM_FAST_BACKEND environment variable when it is None) forces one;
     a forced backend that cannot take the input raises ValueError with its reasons.
     """
-    device = torch.device(device)
-    what = f"{call.op}" if call is not None else "this op"
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    if not isinstance(dtypes, frozenset):
+        dtypes = frozenset(dtypes)
+    what = call.op if call is not None else "this op"
     forced = backend or os.environ.get(BACKEND_ENV) or None
     if forced and forced != "auto":
         chosen = get_backend(forced)
-        why = chosen.reasons(device, dtypes, call)
+        why = _reasons(chosen, device, dtypes, call)
         if why:
             source = "backend=" if backend else f"{BACKEND_ENV}="
             raise ValueError(f"{source}{forced!r} cannot run {what}: {'; '.join(why)}")
@@ -79,7 +95,7 @@ def choose_backend(device: torch.device, dtypes, backend: Optional[str] = None,
             all_reasons.append(f"{name}: not registered")
             continue
         candidate = get_backend(name)
-        why = candidate.reasons(device, dtypes, call)
+        why = _reasons(candidate, device, dtypes, call)
         if not why:
             return candidate
         all_reasons.append(f"{name}: {'; '.join(why)}")

@@ -15,8 +15,8 @@ from .base import Backend
 class TorchBackend(Backend):
     name = "torch"
     devices = ("cpu", "cuda")
-    # Measured worst errors over the conformance cases: ~5e-16 (float64), ~7e-7 (float32 and
-    # the half types, whose inputs are exact in float32); about 3x above.
+    # Worst errors measured over the conformance cases (CPU): 8.2e-16 for float64, 1.0e-6 for
+    # float32, float16 and bfloat16 inputs (exact in float32, computed in float32); about 3x above.
     tolerances = {torch.float64: 2e-15, torch.float32: 3e-6, torch.float16: 3e-6, torch.bfloat16: 3e-6}
 
     def path_images(self, x, baseline, alphas, mean, std, out):

@@ -5,4 +5,4 @@ is slow. See :mod:`.common` for the registration and the interpreter switch.
 """
 
 from . import combine, path_images, upsample  # noqa: F401  (each registers its op)
-from .common import INTERPRETED, MAX_GRID_ROWS, run  # noqa: F401
+from .common import INTERPRETED, run  # noqa: F401

@@ -24,9 +24,6 @@ TARGET_PROGRAMS = 4 * 132
 #: The largest grid along axes 1 and 2 (CUDA's limit); kernels loop over rows past it.
 MAX_GRID_ROWS = 65535
 
-#: Indices within one image / plane / map are 32-bit in the kernels (see the backend's limits).
-MAX_INT32_INDEX = 2**31 - 1
-
 
 @triton.jit
 def _probe_kernel():
