@@ -10,7 +10,10 @@ Two extension modules:
 
 Environment:
     IGCAM_FAST_BUILD_CUDA=0|1   force the CUDA module off / on (on fails loudly without a toolkit).
-    TORCH_CUDA_ARCH_LIST        CUDA architectures (default "8.0;9.0+PTX").
+    TORCH_CUDA_ARCH_LIST        CUDA architectures (default "7.5;8.0;9.0+PTX": machine code for
+                                Turing, Ampere/Ada (sm_80 runs on 8.x) and Hopper, plus Hopper
+                                PTX that newer cards compile at first load). The list is recorded
+                                in the module; dispatch turns a card it misses into a reason.
     CUDA_HOME                   the toolkit (default: nvcc on PATH, then /usr/local/cuda).
     IGCAM_FAST_DEBUG=1          -O0 -g instead of -O3.
     IGCAM_FAST_OPENMP=0         build the CPU kernels without OpenMP (at::parallel_for then runs serially).
@@ -21,13 +24,15 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+# CUDA 13 no longer targets sm_70 (Volta): a V100 gets a dispatch reason, not a failed launch.
+DEFAULT_CUDA_ARCH_LIST = "7.5;8.0;9.0+PTX"
 
 
 def _is_toolkit(path: str | None) -> bool:
@@ -83,6 +88,28 @@ def _nvidia_wheel_includes() -> list[str]:
     return dirs
 
 
+def _arch_defines(arch_list: str) -> list[str]:
+    """-D flags recording the architectures of TORCH_CUDA_ARCH_LIST in the CUDA module.
+
+    "7.5;8.0;9.0+PTX" -> machine code 75, 80, 90 and PTX 90. An entry torch accepts but this
+    does not parse (a name such as "Ampere") leaves the record empty: dispatch then says it
+    cannot tell and relies on the module's runtime probe alone.
+    """
+    sm, ptx = [], []
+    for entry in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        if not entry:
+            continue
+        match = re.fullmatch(r"(\d+)\.(\d+)(\+PTX)?", entry.strip())  # "9.0a": not recorded
+        if match is None:
+            return []
+        number = int(match.group(1)) * 10 + int(match.group(2))
+        sm.append(number)
+        if match.group(3):
+            ptx.append(number)
+    return [f"-DIGCAM_FAST_SM_ARCHS={','.join(map(str, sm))}",
+            f"-DIGCAM_FAST_PTX_ARCHS={','.join(map(str, ptx))}"]
+
+
 def _sources(pattern: str) -> list[str]:
     # Relative paths keep the build reproducible and ninja's dependency file short.
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
@@ -112,7 +139,8 @@ def extensions():
                 _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp"),
                 include_dirs=include_dirs + _nvidia_wheel_includes(),
                 extra_compile_args={
-                    "cxx": opt,
+                    # host compiler only: nvcc would split the comma lists into separate -D flags
+                    "cxx": opt + _arch_defines(os.environ["TORCH_CUDA_ARCH_LIST"]),
                     "nvcc": opt + ["-lineinfo", "--expt-relaxed-constexpr"],
                 },
             ))

@@ -487,7 +487,29 @@ void upsample_out_cuda(const at::Tensor& maps, bool normalize, at::Tensor& out) 
   });
 }
 
+// An empty kernel compiled for exactly the architectures the kernels above were: whether the
+// driver finds an image of it for a device answers "can these kernels run there" without
+// launching anything (igcam_fast.ops.backends.compiled asks before dispatching to CUDA).
+__global__ void kernel_image_probe() {}
+
 }  // namespace
+
+// cudaSuccess (0) when this module holds a kernel image (SASS, or PTX the driver can JIT) for
+// `device`, else the CUDA error (cudaErrorNoKernelImageForDevice, ...). Clears the error it causes.
+int probe_kernel_image(int device) {
+  int previous = 0;
+  if (cudaGetDevice(&previous) != cudaSuccess) return static_cast<int>(cudaGetLastError());
+  cudaError_t err = cudaSetDevice(device);
+  if (err == cudaSuccess) {
+    cudaFuncAttributes attributes;
+    err = cudaFuncGetAttributes(&attributes, kernel_image_probe);
+  }
+  cudaGetLastError();  // a failed query must not surface as the next launch's error
+  cudaSetDevice(previous);
+  return static_cast<int>(err);
+}
+
+const char* cuda_error_name(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
 
 TORCH_LIBRARY_IMPL(igcam_fast, CUDA, m) {
   m.impl("path_images_out", &path_images_out_cuda);

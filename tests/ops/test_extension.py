@@ -1,39 +1,27 @@
-"""The compiled backends (igcam_fast._C on CPU, igcam_fast._C_cuda on CUDA) against igcam_fast.core.reference.
-
-Shapes are swept over awkward sizes (K not a multiple of any block, h·w = 1, odd H and W), dtypes
-with the backend's per-dtype tolerances, contiguous / channels_last / strided views, and outputs
-pre-filled with NaN so an element a kernel forgets to write fails the comparison. Inputs are
-fresh random numbers each run; a failing case prints its seed. The ``needs_cuda`` tests are the
-GPU verification and skip where no GPU is visible.
+"""The compiled backends (igcam_fast._C on CPU, igcam_fast._C_cuda on CUDA): what the
+conformance test (test_conformance.py) does not cover — the build and its registration, the C++
+argument checks, opcheck, torch.compile fullgraph, and the GPU-only checks (realistic and large
+shapes, determinism, streams and devices, 64-bit indexing), which skip where no GPU is visible.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 
 import pytest
 import torch
 
 import igcam_fast.ops as ops
-from igcam_fast.ops.backends import get_backend
-from igcam_fast.ops.extension import extension_status
-from igcam_fast.core.reference import reference_combine, reference_path_images, reference_upsample
+from igcam_fast.core.reference import reference_path_images, reference_upsample
+from igcam_fast.ops.backends.compiled import built_architectures, extension_status
+from igcam_fast.ops.registry import OPS, Case
+
+from op_checks import check_case
 
 STATUS = extension_status()
-OPS = ("path_images_out", "combine_out", "upsample_out")
-DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+SCHEMAS = ("path_images_out", "combine_out", "upsample_out")
 needs_ext = pytest.mark.skipif(not STATUS["built"], reason=f"igcam_fast._C is not built: {STATUS['error']}")
-
-# The case lists are sampled from the full products with a fixed local RNG (no global seed), so
-# the sweep is the same every run while the tensor values are fresh.
-_pick = random.Random(20240611)
-
-
-def _sample(cases, n):
-    cases = list(cases)
-    return cases if len(cases) <= n else _pick.sample(cases, n)
 
 
 def _generator():
@@ -41,178 +29,11 @@ def _generator():
     return torch.Generator().manual_seed(seed), seed
 
 
-def _tolerance(*dtypes, backend="cpu"):
-    tols = get_backend(backend).tolerances
-    return max(tols[d][0] for d in dtypes), max(tols[d][1] for d in dtypes)
-
-
-def _laid_out(t, layout):
-    """t (4-D) as contiguous, channels_last or a strided view (neither)."""
-    if layout == "contiguous":
-        return t.contiguous()
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    n, k, h, w = t.shape  # a view whose spatial dims cannot be flattened and K stride is not 1
-    big = torch.full((n, h + 1, 2 * k, w + 1), float("nan"), dtype=t.dtype, device=t.device)
-    view = big[:, :h, ::2, 1:].permute(0, 2, 1, 3)
-    view.copy_(t)
-    return view
-
-
-def _assert_close(actual, expected, rtol, atol, seed, what):
-    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol * scale,
-                               msg=lambda m: f"{what} (seed {seed}): {m}")
-
-
-# ---------------------------------------------------------------------------------------------
-# case lists (shared by the CPU and the CUDA sweeps)
-# ---------------------------------------------------------------------------------------------
-
-PATH_SHAPES = [  # (B, C, H, W, m)
-    (1, 3, 1, 1, 1), (2, 3, 5, 9, 4), (3, 1, 7, 7, 16), (1, 3, 33, 31, 5), (8, 4, 3, 5, 3), (2, 3, 17, 13, 64),
-]
-PATH_CASES = _sample(
-    [(s, xd, od, xl, ol, b4, norm)
-     for s in PATH_SHAPES for xd in DTYPES for od in DTYPES
-     for xl in ("contiguous", "channels_last", "strided") for ol in ("contiguous", "channels_last", "strided")
-     for b4 in (False, True) for norm in (False, True)], 48)
-
-HW = [(1, 1), (7, 7), (14, 14), (28, 28), (5, 9)]
-COMBINE_SHAPES = [  # (B, m, K, h, w)
-    (1, 1, 1, 7, 7), (2, 3, 3, 5, 9), (1, 16, 37, 7, 7), (8, 2, 130, 1, 1), (2, 5, 130, 14, 14),
-    (3, 4, 37, 28, 28), (1, 64, 3, 5, 9), (4, 1, 130, 7, 7), (1, 2, 37, 1, 1), (5, 3, 1, 14, 14),
-]
-WEIGHTS = ("gradcam", "gradcampp", "given")
-COMBINE_CASES = _sample(
-    [(s, dt, la, lg, base, wt, relu)
-     for s in COMBINE_SHAPES for dt in DTYPES
-     for la in ("contiguous", "channels_last", "strided") for lg in ("same", "contiguous", "channels_last")
-     for base in (None, 3, 4) for wt in WEIGHTS for relu in (True, False)], 72)
-
-UPSAMPLE_SHAPES = [  # (B, h, w, H, W)
-    (1, 1, 1, 5, 7), (2, 5, 9, 13, 17), (4, 14, 14, 11, 9), (3, 7, 7, 224, 224), (1, 28, 28, 97, 31), (8, 3, 2, 3, 2),
-]
-UPSAMPLE_CASES = [(s, dt, norm, lay) for s in UPSAMPLE_SHAPES for dt in DTYPES for norm in (False, True)
-                  for lay in ("contiguous", "transposed")]
-UPSAMPLE_CASES = _sample(UPSAMPLE_CASES, 40)
-
-
-def _case_id(case):
-    return "-".join(str(c).replace("torch.", "").replace(" ", "") for c in case)
-
-
-# ---------------------------------------------------------------------------------------------
-# runners: one case of one op on one device against the float64 reference
-# ---------------------------------------------------------------------------------------------
-
-
-def run_path_images(case, device, backend):
-    (B, C, H, W, m), xd, od, xl, ol, base4, norm = case
-    gen, seed = _generator()
-    x = torch.rand(B, C, H, W, generator=gen).to(xd)
-    baseline = torch.rand(*((B,) if base4 else ()), C, H, W, generator=gen).to(xd)
-    alphas = torch.rand(m, generator=gen, dtype=torch.float64)
-    mean = torch.rand(C, generator=gen) if norm else None
-    std = torch.rand(C, generator=gen) + 0.5 if norm else None
-    expected = reference_path_images(x, baseline, alphas, mean, std)
-    dev = lambda t: None if t is None else t.to(device)  # noqa: E731
-    x_d = _laid_out(x.to(device), xl)
-    base_d = _laid_out(baseline.to(device), xl) if base4 else baseline.to(device)
-    if ol == "strided":  # a caller-provided out in neither layout
-        out = torch.full((C, H, W, B * m), float("nan"), dtype=od, device=device).permute(3, 0, 1, 2)
-        ops.path_images(x_d, base_d, dev(alphas), dev(mean), dev(std), backend=backend, out=out)
-    else:
-        with ops.poison_outputs():
-            out = ops.path_images(x_d, base_d, dev(alphas), dev(mean), dev(std), dtype=od,
-                                  channels_last=ol == "channels_last", backend=backend)
-        assert out.is_contiguous(memory_format=torch.channels_last if ol == "channels_last" else torch.contiguous_format)
-    assert out.dtype == od and out.device.type == torch.device(device).type
-    rtol, atol = _tolerance(xd, od, backend=backend)
-    _assert_close(out, expected, rtol, atol, seed, f"path_images {_case_id(case)}")
-
-
-def run_combine(case, device, backend):
-    (B, m, K, h, w), dt, la, lg, base, wt, relu = case
-    N = B * m
-    gen, seed = _generator()
-    mode = "gradcampp" if wt == "gradcampp" else "gradcam"
-    # Grad-CAM++ sees post-ReLU activations (its weights are ill-conditioned otherwise).
-    A = torch.randn(N, K, h, w, generator=gen)
-    if wt == "gradcampp":
-        A = A.abs()
-    A = A.to(dt)
-    G = (torch.randn(N, K, h, w, generator=gen) * 0.5).to(dt) if wt != "given" else None
-    cw_dtype = torch.float32 if dt in (torch.float16, torch.bfloat16) and K % 2 else dt  # mixed dtypes too
-    cw = torch.randn(N, K, generator=gen).to(cw_dtype) if wt == "given" else None
-    Ab = None
-    if base is not None:
-        Ab = torch.randn(*((B,) if base == 4 else ()), K, h, w, generator=gen)
-        Ab = (Ab.abs() if wt == "gradcampp" else Ab).to(dt)
-    omega = torch.rand(m, generator=gen, dtype=torch.float64)
-    expected = reference_combine(A, G, cw, Ab, omega, mode, relu)
-    A_d = _laid_out(A.to(device), la)
-    G_d = None if G is None else _laid_out(G.to(device), la if lg == "same" else lg)
-    Ab_d = None if Ab is None else (_laid_out(Ab.to(device), la) if Ab.dim() == 4 else Ab.to(device))
-    cw_d = None if cw is None else cw.to(device)
-    with ops.poison_outputs():
-        out = ops.combine(A_d, G_d, cw_d, Ab_d, omega.to(device), weight_mode=mode, relu=relu, backend=backend)
-    assert out.dtype == (torch.float64 if dt == torch.float64 else torch.float32)
-    rtol, atol = _tolerance(dt, *(() if cw is None else (cw.dtype,)), backend=backend)
-    _assert_close(out, expected, rtol, atol, seed, f"combine {_case_id(case)}")
-    # a caller-provided, transposed out
-    out2 = torch.full((B, w, h), float("nan"), dtype=out.dtype, device=device).transpose(1, 2)
-    ops.combine(A_d, G_d, cw_d, Ab_d, omega.to(device), weight_mode=mode, relu=relu, backend=backend, out=out2)
-    _assert_close(out2, expected, rtol, atol, seed, f"combine out= {_case_id(case)}")
-
-
-def run_upsample(case, device, backend):
-    (B, h, w, H, W), dt, norm, lay = case
-    gen, seed = _generator()
-    maps = torch.randn(B, h, w, generator=gen).to(dt)
-    expected = reference_upsample(maps, (H, W), norm)
-    maps_d = maps.to(device)
-    if lay == "transposed":
-        maps_d = maps_d.transpose(1, 2).contiguous().transpose(1, 2)
-    with ops.poison_outputs():
-        out = ops.upsample(maps_d, (H, W), normalize=norm, backend=backend)
-    rtol, atol = _tolerance(dt, backend=backend)
-    _assert_close(out, expected, rtol, atol, seed, f"upsample {_case_id(case)}")
-    if dt == torch.float32 and not norm:
-        # The scale as torch computes it: agrees with F.interpolate to ~1e-6. (Not after the
-        # min-max scaling: that magnifies float32 rounding of near-constant maps by up to 1e7.)
-        torch_out = ops.upsample(maps_d, (H, W), backend="torch")
-        torch.testing.assert_close(out, torch_out, rtol=1e-6, atol=2e-6)
-
-
-# ---------------------------------------------------------------------------------------------
-# (a) CPU sweeps
-# ---------------------------------------------------------------------------------------------
-
-
 def test_extension_is_built():
     assert STATUS["built"], f"igcam_fast._C is not built: {STATUS['error']}; run pip install --no-build-isolation -e ."
-    assert STATUS["cpu_kernels"] == list(OPS)
-    assert get_backend("cpu").unavailable_reason() is None
+    assert STATUS["cpu_kernels"] == list(SCHEMAS)
+    assert ops.get_backend("cpu").unavailable_reason() is None
     assert ops.choose_backend(torch.device("cpu"), [torch.float32]).name == "cpu"
-
-
-@needs_ext
-@pytest.mark.parametrize("case", PATH_CASES, ids=_case_id)
-def test_path_images_cpu(case):
-    run_path_images(case, "cpu", "cpu")
-
-
-@needs_ext
-@pytest.mark.parametrize("case", COMBINE_CASES, ids=_case_id)
-def test_combine_cpu(case):
-    run_combine(case, "cpu", "cpu")
-
-
-@needs_ext
-@pytest.mark.parametrize("case", UPSAMPLE_CASES, ids=_case_id)
-def test_upsample_cpu(case):
-    run_upsample(case, "cpu", "cpu")
 
 
 @needs_ext
@@ -337,10 +158,13 @@ def test_cuda_extension_built_and_registered():
         if not torch.version.cuda or not _toolkit_here():
             pytest.skip(f"no CUDA toolkit here (torch.version.cuda={torch.version.cuda}): _C_cuda is not built")
         pytest.fail(f"a CUDA toolkit is here but igcam_fast._C_cuda is missing: {STATUS['cuda_error']}")
-    assert STATUS["cuda_kernels"] == list(OPS)
-    for op in OPS:
+    assert STATUS["cuda_kernels"] == list(SCHEMAS)
+    for op in SCHEMAS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"igcam_fast::{op}", "CUDA")
-    reason = get_backend("cuda").unavailable_reason()
+    # the architectures it was built for are recorded, PTX among them so newer cards JIT
+    archs = built_architectures()
+    assert archs and any(a.startswith("compute_") for a in archs), archs
+    reason = ops.get_backend("cuda").unavailable_reason()
     assert reason is None if torch.cuda.is_available() else reason == "no CUDA device is visible"
 
 
@@ -348,34 +172,47 @@ def test_cuda_extension_built_and_registered():
 # (e) CUDA numerics (GPU verification)
 # ---------------------------------------------------------------------------------------------
 
-CUDA_EXTRA_COMBINE = [  # realistic and large shapes
-    ((16, 1, 1280, 7, 7), torch.float32, "contiguous", "same", None, "gradcam", True),
-    ((1, 16, 2048, 7, 7), torch.float16, "channels_last", "same", 3, "gradcam", True),
-    ((1, 16, 2048, 7, 7), torch.bfloat16, "contiguous", "same", 4, "gradcampp", True),
-    ((2, 32, 64, 28, 28), torch.float32, "channels_last", "same", 4, "gradcampp", False),
-    ((4, 8, 2048, 1, 1), torch.float32, "contiguous", "same", 3, "given", True),
-    ((1, 8, 3000, 7, 7), torch.float64, "strided", "same", 3, "gradcam", True),  # K > one block's chunk
-    ((2, 4, 96, 40, 40), torch.float32, "contiguous", "channels_last", 3, "gradcam", True),  # h·w > 1024
+def _case(op, shape, dtype, layout, **variant):
+    spec = OPS[op]
+    return spec, Case(op, shape, dtype, layout, variant, spec.make)
+
+
+_COMBINE = dict(relu=True, grad_layout="same", out="new")
+CUDA_EXTRA = [  # realistic and large shapes, beyond the conformance cases
+    _case("combine", (16, 1, 1280, 7, 7), torch.float32, "contiguous", weights="gradcam", baseline=None, **_COMBINE),
+    _case("combine", (1, 16, 2048, 7, 7), torch.float16, "channels_last", weights="gradcam", baseline=3, **_COMBINE),
+    _case("combine", (1, 16, 2048, 7, 7), torch.bfloat16, "contiguous", weights="gradcampp", baseline=4, **_COMBINE),
+    _case("combine", (2, 32, 64, 28, 28), torch.float32, "channels_last", weights="gradcampp", baseline=4,
+          relu=False, grad_layout="same", out="new"),
+    _case("combine", (4, 8, 2048, 1, 1), torch.float32, "contiguous", weights="given", baseline=3, **_COMBINE),
+    _case("combine", (1, 8, 3000, 7, 7), torch.float64, "strided", weights="gradcam", baseline=3,
+          **_COMBINE),  # K > one block's chunk
+    _case("combine", (2, 4, 96, 40, 40), torch.float32, "contiguous", weights="gradcam", baseline=3,
+          relu=True, grad_layout="other", out="new"),  # h·w > 1024
+    _case("path_images", (4, 3, 224, 224, 16), torch.float32, "contiguous", per_image=False, normalize=True,
+          out_dtype=torch.float16, out="channels_last"),
 ]
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.parametrize("case", PATH_CASES + [((4, 3, 224, 224, 16), torch.float32, torch.float16, "contiguous",
-                                                  "channels_last", False, True)], ids=_case_id)
-def test_path_images_cuda(case):
-    run_path_images(case, "cuda", "cuda")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("spec,case", CUDA_EXTRA, ids=lambda v: getattr(v, "id", None))
+def test_gpu_sized_cases(spec, case, backend):
+    be = ops.get_backend(backend)
+    if case.dtype not in be.dtypes:
+        pytest.skip(f"{backend} does not take {case.dtype}")
+    check_case(spec, case, be, torch.device("cuda"))
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.parametrize("case", COMBINE_CASES + CUDA_EXTRA_COMBINE, ids=_case_id)
-def test_combine_cuda(case):
-    run_combine(case, "cuda", "cuda")
+def test_cuda_kernels_have_an_image_for_this_card():
+    """The recorded architectures and the driver's probe agree that the kernels run here."""
+    from igcam_fast.ops.backends.compiled import _probe_reason, kernel_image_reason
 
-
-@pytest.mark.needs_cuda
-@pytest.mark.parametrize("case", UPSAMPLE_CASES, ids=_case_id)
-def test_upsample_cuda(case):
-    run_upsample(case, "cuda", "cuda")
+    index = torch.cuda.current_device()
+    assert kernel_image_reason(torch.cuda.get_device_capability(index), built_architectures()) is None
+    assert _probe_reason(index) is None
+    assert ops.get_backend("cuda").reasons(torch.device("cuda"), [torch.float32]) == []
 
 
 @pytest.mark.needs_cuda
@@ -400,25 +237,34 @@ def test_combine_cuda_is_deterministic_and_matches_cpu():
 
 
 @pytest.mark.needs_cuda
-def test_cuda_side_stream_and_second_device_guard():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_side_stream_and_second_device_guard(backend):
+    """Launches go to the current stream and to the tensors' device (cuda:1 while cuda:0 is current)."""
     stream = torch.cuda.Stream()
     x, base, alphas = torch.rand(2, 3, 9, 7, device="cuda"), torch.rand(3, 9, 7, device="cuda"), torch.rand(5, device="cuda")
     expected = reference_path_images(x.cpu(), base.cpu(), alphas.cpu())
     with torch.cuda.stream(stream):
-        out = ops.path_images(x, base, alphas, backend="cuda")
-        maps = ops.upsample(out[:, 0], (11, 13), normalize=True, backend="cuda")
+        out = ops.path_images(x, base, alphas, backend=backend)
+        maps = ops.upsample(out[:, 0], (11, 13), normalize=True, backend=backend)
     stream.synchronize()
     torch.testing.assert_close(out.double().cpu(), expected, rtol=2e-5, atol=1e-5)
     torch.testing.assert_close(maps.double().cpu(), reference_upsample(expected[:, 0], (11, 13), True),
                                rtol=2e-5, atol=1e-5)
     if torch.cuda.device_count() > 1:
+        assert torch.cuda.current_device() == 0
         x1 = x.to("cuda:1")
-        out1 = ops.path_images(x1, base.to("cuda:1"), alphas.to("cuda:1"), backend="cuda")
+        out1 = ops.path_images(x1, base.to("cuda:1"), alphas.to("cuda:1"), backend=backend)
         torch.testing.assert_close(out1.double().cpu(), expected, rtol=2e-5, atol=1e-5)
+        A1, omega1 = torch.rand(4, 5, 3, 3, device="cuda:1"), torch.rand(2, device="cuda:1")
+        maps1 = ops.combine(A1, A1, None, None, omega1, backend=backend)
+        assert maps1.device == A1.device
+        want = ops.combine(A1.cpu(), A1.cpu(), None, None, omega1.cpu(), backend="torch")
+        torch.testing.assert_close(maps1.cpu(), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.needs_cuda
-def test_path_images_cuda_past_int32_indexing():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_path_images_past_int32_indexing(backend):
     """An fp16 output with more than 2^31 elements: rows past the 32-bit range are written right."""
     free, _ = torch.cuda.mem_get_info()
     m = 2**31 // (3 * 224 * 224) + 8
@@ -427,7 +273,7 @@ def test_path_images_cuda_past_int32_indexing():
     x, base = torch.rand(1, 3, 224, 224, device="cuda"), torch.rand(3, 224, 224, device="cuda")
     alphas = torch.linspace(0, 1, m, device="cuda", dtype=torch.float64)
     out = torch.empty(m, 3, 224, 224, device="cuda", dtype=torch.float16)
-    ops.path_images(x, base, alphas, backend="cuda", out=out)
+    ops.path_images(x, base, alphas, backend=backend, out=out)
     for t in (0, m // 2, m - 3, m - 1):  # the last rows start past element 2^31
         want = base + alphas[t].float() * (x[0] - base)
         torch.testing.assert_close(out[t].float(), want, rtol=1e-3, atol=1e-3, msg=lambda msg: f"row {t}: {msg}")
