@@ -49,7 +49,8 @@ class CamResult:
     layer_maps: the same at layer resolution, (B, [T,] h, w), before upsampling and scaling.
     logits: (B, classes) of the real inputs when they were computed (targets=None), else None.
     targets: (B, T) class indices when the targets were indices, else None.
-    backend: the backend that ran the fused combine op.
+    backends: {op name: backend name} for every fused op the call ran (``"a+b"`` if an op ran on two).
+    backend: the backend that ran the combine op (``backends["combine"]``).
     closed_form_head: whether the channel weights came from the linear head's weights (no backward);
         ``head`` says why or why not.
     precision_fallback_rows: path images whose fp16 activations or gradients were not finite and were
@@ -61,6 +62,7 @@ class CamResult:
     layer_maps: torch.Tensor
     logits: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    backends: dict = field(default_factory=dict)
     backend: str = ""
     closed_form_head: bool = False
     head: str = ""
@@ -180,8 +182,11 @@ class CamEngine(LayerExplainer):
         """Explain x; see :class:`CamResult` for what comes back."""
         self._check_input(x)
         # The head backward needs autograd even when the caller runs under no_grad or inference_mode.
-        with torch.inference_mode(False), self._training_guard():
-            return self._explain(x, targets)
+        with torch.inference_mode(False), self._training_guard(), ops.recording() as ran:
+            result = self._explain(x, targets)
+        result.backends = dict(ran)
+        result.backend = ran.get("combine", "")
+        return result
 
     def _explain(self, x, targets) -> CamResult:
         config, device, B = self.config, x.device, x.shape[0]
@@ -205,7 +210,7 @@ class CamEngine(LayerExplainer):
         rows = self.rows(device)
         while True:
             try:
-                layer_maps, chosen, fallback = self._integrate(x, baseline, baseline_features, resolved, rows, head)
+                layer_maps, fallback = self._integrate(x, baseline, baseline_features, resolved, rows, head)
                 break
             except torch.cuda.OutOfMemoryError:
                 if rows == 1:
@@ -221,7 +226,7 @@ class CamEngine(LayerExplainer):
                         subtract_baseline=config.subtract_baseline, layer=self.layer_name,
                         autocast=str(config.autocast), batch_rows=rows, channels_last=self._channels_last(x))
         return CamResult(maps=maps, layer_maps=layer_maps, logits=logits_x, targets=resolved.indices,
-                         backend=chosen, closed_form_head=head is not None, head=head_reason,
+                         closed_form_head=head is not None, head=head_reason,
                          precision_fallback_rows=fallback, settings=settings)
 
     def _check_logits(self, logits, rows):
@@ -266,16 +271,16 @@ class CamEngine(LayerExplainer):
         return BASELINE_FEATURES.get(self.model, key, compute)
 
     def _integrate(self, x, baseline, baseline_features, targets: Targets, rows, head):
-        """(layer maps (B, T, h, w), combine backend, rows redone in float32)."""
+        """(layer maps (B, T, h, w), path images redone in float32)."""
         device = x.device
         B, m, T = x.shape[0], self.config.steps, targets.per_image
         node_dtype = ops.accumulation_dtype(x.dtype)
         alphas = self.alphas.to(device, node_dtype)
         step_weights = self.step_weights.to(device, node_dtype)
-        layer_maps, chosen, fallback = None, "", 0
+        layer_maps, fallback = None, 0
         for images, steps in chunk_plan(B, m, rows):
             for autocast in _precisions(self.config.autocast):
-                parts, chosen = self._chunk(x, baseline, baseline_features, targets, images, steps, alphas[steps],
+                parts = self._chunk(x, baseline, baseline_features, targets, images, steps, alphas[steps],
                                             step_weights[steps], head, autocast)
                 if parts is not None:
                     break
@@ -287,7 +292,7 @@ class CamEngine(LayerExplainer):
             if layer_maps is None:
                 layer_maps = torch.zeros(B, T, *parts.shape[2:], dtype=parts.dtype, device=device)
             layer_maps[images] += parts
-        return layer_maps, chosen, fallback
+        return layer_maps, fallback
 
     def _chunk(self, x, baseline, baseline_features, targets, images, steps, alphas, step_weights, head, autocast):
         """The maps (n, T, h, w) of one chunk of path images, or None if a value was not finite."""
@@ -328,11 +333,8 @@ class CamEngine(LayerExplainer):
                 parts.append(ops.combine(activations, gradients, weights, A_base, step_weights,
                                          weight_mode=self._method.weight_mode, relu=self.config.relu,
                                          backend=self.config.backend))
-        chosen = ops.choose_backend(activations.device, {activations.dtype}, self.config.backend).name
         stacked = torch.stack(parts, dim=1)
-        if not bool(finite & torch.isfinite(stacked).all()):
-            return None, chosen
-        return stacked, chosen
+        return stacked if bool(finite & torch.isfinite(stacked).all()) else None
 
     def _gradients(self, score, leaf, retain: bool):
         if not score.requires_grad:

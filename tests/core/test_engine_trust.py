@@ -309,3 +309,14 @@ def test_a_model_that_views_its_features_runs_in_its_own_layout():
                                                                                   channels_last=False)) < 1e-12
     with pytest.raises(RuntimeError, match="view size"):
         igcam_fast.integrated_gradcam(net, x, "conv", [0, 2], steps=3, channels_last=True)
+
+
+def test_the_result_names_the_backend_of_every_op():
+    net = small_cnn()
+    x = torch.randn(1, 3, 8, 8)
+    result = igcam_fast.integrated_gradcam(net, x, "3", [0], steps=3, return_result=True)
+    assert set(result.backends) == {"path_images", "combine", "upsample"}
+    assert all(name in igcam_fast.ops.backend_names() for name in result.backends.values())
+    assert result.backend == result.backends["combine"]
+    forced = igcam_fast.integrated_gradcam(net, x, "3", [0], steps=3, backend="torch", return_result=True)
+    assert forced.backends == {"path_images": "torch", "combine": "torch", "upsample": "torch"}
