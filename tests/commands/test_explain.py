@@ -215,9 +215,10 @@ def test_voc_all_present_and_imagefolder(tmp_path):
 
 
 def _wait_for_shards(out, n, proc, timeout=60):
+    """Until n shards are finished (a shard is finished once its checksum sidecar is written)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if len(list((out / "shards").glob("shard-*.npz"))) >= n if (out / "shards").is_dir() else False:
+        if len(list((out / "shards").glob("shard-*.npz.sha256"))) >= n if (out / "shards").is_dir() else False:
             return
         if proc.poll() is not None:
             raise AssertionError(f"the run ended (rc {proc.returncode}) before it could be killed: "
@@ -227,7 +228,9 @@ def _wait_for_shards(out, n, proc, timeout=60):
 
 
 def _shard_stamps(out):
-    return {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("shard-*.npz")}
+    """Modification times of the finished shards (those with a checksum sidecar)."""
+    return {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("shard-*.npz")
+            if p.with_name(p.name + ".sha256").is_file()}
 
 
 def _torchrun(n):
