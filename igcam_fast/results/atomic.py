@@ -17,22 +17,21 @@ from pathlib import Path
 import numpy as np
 
 _umask_lock = threading.Lock()
-_umask: int | None = None
 
 
 def current_umask() -> int:
-    """The process's umask (read once; Linux reads it from /proc, elsewhere by setting it back)."""
-    global _umask
+    """The process's umask now (Linux: read from /proc; elsewhere set and put back under a lock)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     with _umask_lock:
-        if _umask is None:
-            try:
-                with open("/proc/self/status") as f:
-                    line = next(line for line in f if line.startswith("Umask:"))
-                _umask = int(line.split()[1], 8)
-            except (OSError, StopIteration, ValueError):
-                _umask = os.umask(0o022)
-                os.umask(_umask)
-        return _umask
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _fsync_dir(path: Path) -> None:

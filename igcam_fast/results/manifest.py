@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_json
-from .layout import FORMAT, MANIFEST, OVERLAY_DIR, VERSION, shard_name
+from .layout import FORMAT, MANIFEST, VERSION, shard_name
 from .shards import load_npz, read_checksum
 
 
@@ -16,8 +16,9 @@ def write_manifest(out, header: dict, n_images: int, shard_size: int, overlays: 
     """Describe the finished shards of ``out`` and write manifest.json; returns the manifest.
 
     header: ``fingerprint``, ``settings`` (with ``map_dtype`` and ``resolution``), ``info`` and
-    ``class_names`` of the run. Only shards whose file carries this fingerprint and whose
-    checksum sidecar exists are listed; ``complete`` says whether that is all of them.
+    ``class_names`` of the run; overlays: whether overlay PNGs were written. Only shards whose
+    file carries this fingerprint and whose checksum sidecar exists are listed; ``complete``
+    says whether that is all of them.
     """
     out = Path(out)
     fingerprint, settings = header["fingerprint"], header["settings"]
@@ -49,7 +50,7 @@ def write_manifest(out, header: dict, n_images: int, shard_size: int, overlays: 
     manifest = dict(format=FORMAT, version=VERSION, complete=len(shards) == n_shards, fingerprint=fingerprint,
                     written=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     settings=settings, info=header["info"], class_names=header["class_names"],
-                    overlays=bool(overlays) or (out / OVERLAY_DIR).is_dir(),
+                    overlays=bool(overlays),
                     map=dict(dtype=settings["map_dtype"], resolution=settings["resolution"], shape=map_shape),
                     totals=totals, shards=shards, failed=failed)
     atomic_write_json(out / MANIFEST, manifest)

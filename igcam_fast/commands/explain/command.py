@@ -9,7 +9,7 @@ from pathlib import Path
 from igcam_fast import results as rio
 
 from .context import RunContext, build_context
-from .folder import claim_folder, prepare_output
+from .folder import claim_folder, has_own_overlays, prepare_output
 from .lock import OutputLock
 from .loop import RunStats, explain_shards
 from .options import ExplainError, check_options
@@ -111,7 +111,8 @@ def _finish(ctx: RunContext, stats: RunStats, skipped: int, t_start: float) -> d
     world.barrier()  # every shard is on disk
     summary = {}
     if world.rank == 0:
-        manifest = rio.write_manifest(ctx.out, ctx.header(), len(ctx.data), ctx.shard_size, ctx.args.overlays)
+        overlays = ctx.args.overlays or has_own_overlays(ctx.out)
+        manifest = rio.write_manifest(ctx.out, ctx.header(), len(ctx.data), ctx.shard_size, overlays)
         if manifest["overlays"]:
             write_html(ctx.out, manifest, ctx.class_names, lambda m: log(m, world))
         elapsed = time.perf_counter() - t_start

@@ -89,6 +89,11 @@ def _overlay_folders(out: Path) -> list[Path]:
     return [p for p in sorted(root.iterdir()) if p.is_dir() and layout.OVERLAY_SUBDIR_RE.fullmatch(p.name)]
 
 
+def has_own_overlays(out: Path) -> bool:
+    """Whether ``out`` holds overlay PNGs of the command's layout (from this run or an earlier one)."""
+    return any(layout.OVERLAY_FILE_RE.fullmatch(p.name) for folder in _overlay_folders(out) for p in folder.iterdir())
+
+
 def remove_temporaries(out: Path) -> int:
     """The command's own temporaries left by a killed run (in DIR, shards/ and overlays/NNNNNN/)."""
     subfolders = [rio.SHARD_DIR, *(p.relative_to(out) for p in _overlay_folders(out))]

@@ -63,7 +63,7 @@ def choose_device(device_arg: str | None, local_rank: int) -> torch.device:
     try:
         device = torch.device(device_arg)
     except (RuntimeError, ValueError):
-        raise ExplainError(f"--device {device_arg!r} is not a device: use cpu, cuda or cuda:N") from None
+        raise ExplainError(f"--device {device_arg}: not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ExplainError(f"--device {device_arg}: no CUDA GPU is visible to this process "
