@@ -64,10 +64,11 @@ def _claim(args, lock: OutputLock, world: World) -> None:
 
 
 def _explain(args, world: World, lock: OutputLock | None, t_start: float) -> dict:
-    # rank 0 takes the folder and its lock before anything is loaded; the others wait on the broadcast
-    _on_rank0_then_agree(world, lambda: _claim(args, lock, world))
+    # everything that can be checked is checked before DIR is touched; then rank 0 takes the folder
+    # and its lock, and the others wait on the broadcast
     ctx = build_context(args, world)
     try:
+        _on_rank0_then_agree(world, lambda: _claim(args, lock, world))
         _on_rank0_then_agree(world, lambda: prepare_output(ctx.out, ctx.header(), args.overwrite,
                                                            lambda m: log(m, world)))
         finished = verify_finished(ctx)
@@ -96,10 +97,12 @@ def verify_finished(ctx: RunContext) -> list[int]:
     world = ctx.world
     flags = [0.0] * ctx.n_shards
     for k in range(world.rank, ctx.n_shards, world.size):
+        if not (ctx.out / rio.shard_name(k)).is_file():
+            continue  # never written: nothing to check (and no need to look at its images)
         reason = rio.verify_shard(ctx.out, ctx.expectation(k))
         if reason is None:
             flags[k] = 1.0
-        elif reason != "not written":
+        else:
             log(f"shard {k} will be redone: {reason}", world, all_ranks=True)
     flags = world.all_sum(flags)  # also a barrier: nobody writes before everyone has looked
     return [k for k, flag in enumerate(flags) if flag > 0.5]

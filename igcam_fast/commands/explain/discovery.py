@@ -136,7 +136,7 @@ def _detect(root: Path) -> str:
     return "folder"
 
 
-def _int_or_name(v: str):
+def int_or_name(v: str):
     try:
         return int(v)
     except ValueError:
@@ -154,7 +154,7 @@ def _read_list(root: Path) -> DataSet:
         p = Path(parts[0])
         ids.append(parts[0])
         paths.append(str(p if p.is_absolute() else base / p))
-        labels.append([_int_or_name(v) for v in parts[1:]])
+        labels.append([int_or_name(v) for v in parts[1:]])
     return DataSet(str(root), "list", ids, paths, labels if any(labels) else None)
 
 

@@ -7,7 +7,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from igcam_fast import results as rio

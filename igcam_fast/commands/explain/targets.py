@@ -7,7 +7,7 @@ from pathlib import Path
 
 from igcam_fast.evaluation.voc.dataset import VOC_CLASSES
 
-from .discovery import DataSet, _int_or_name
+from .discovery import DataSet, int_or_name
 from .options import ExplainError
 from .settings import file_hash
 
@@ -84,7 +84,7 @@ def read_label_file(path, class_index) -> dict[str, list]:
 
 def class_of(v, class_index, where) -> int:
     """A label (index, or name looked up in the class list) as a class index."""
-    v = _int_or_name(v) if isinstance(v, str) else v
+    v = int_or_name(v) if isinstance(v, str) else v
     if isinstance(v, int):
         return v
     if class_index is None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import tiny_models
-from explain_helpers import CORRUPT, MODEL, N_IMAGES, SHARD, cmd, ids
+from explain_helpers import CORRUPT, MODEL, N_IMAGES, cmd, ids
 from igcam_fast import CamEngine
 from igcam_fast.commands.cli import main
 from igcam_fast.commands.explain import load_image_uint8, to_model_input
