@@ -2,6 +2,7 @@
 
     decode_rgb8(path, size=224)     # (224, 224, 3) uint8, bilinear resize, no crop
     to_rgb8(image)                  # a PIL image of any mode -> (H, W, 3) uint8
+    to_rgb_image(image)             # the same as a PIL RGB image
 
 The rules (what ``Image.convert("RGB")`` gets wrong is done here instead):
 
@@ -60,16 +61,23 @@ def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
     return ((colour * alpha + 127) // 255).astype(np.uint8)
 
 
+def to_rgb_image(im: Image.Image) -> Image.Image:
+    """A PIL image of any mode as an RGB image (the rules of the module docstring)."""
+    mode = im.mode
+    if mode in _PILLOW_RGB_MODES or (mode == "P" and "transparency" not in im.info):
+        return im.convert("RGB")
+    return Image.fromarray(_to_rgb8_array(im), "RGB")
+
+
 def to_rgb8(im: Image.Image) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a PIL image of any mode (the rules of the module docstring)."""
+    return np.asarray(to_rgb_image(im))
+
+
+def _to_rgb8_array(im: Image.Image) -> np.ndarray:
+    """The modes Pillow's own conversion gets wrong (or cannot do), as (H, W, 3) uint8."""
     mode = im.mode
-    if mode == "P":
-        if "transparency" in im.info:
-            return _composite_on_black(np.asarray(im.convert("RGBA")))
-        return np.asarray(im.convert("RGB"))
-    if mode in _PILLOW_RGB_MODES:
-        return np.asarray(im if mode == "RGB" else im.convert("RGB"))
-    if mode in _ALPHA_MODES:
+    if mode in _ALPHA_MODES or mode == "P":  # P here has transparency
         return _composite_on_black(np.asarray(im.convert("RGBA")))
     if mode == "RGBa":
         return np.ascontiguousarray(np.asarray(im)[..., :3])
@@ -115,7 +123,7 @@ def decode_rgb8(path, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIX
         if width * height > max_pixels:
             raise ImageTooLarge(f"{width}x{height} = {width * height} pixels is more than the cap of {max_pixels} "
                                 "(--max-pixels raises it)")
-        rgb = to_rgb8(im)
-    if size is not None and rgb.shape[:2] != (size, size):
-        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
-    return rgb
+        rgb = to_rgb_image(im)
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.BILINEAR)
+    return np.asarray(rgb)

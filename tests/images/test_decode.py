@@ -26,7 +26,6 @@ def test_sixteen_bit_png_is_scaled(tmp_path):
     Image.fromarray(v).save(tmp_path / "g16.png")
     with Image.open(tmp_path / "g16.png") as im:
         assert im.mode == "I;16"
-        assert (np.asarray(im.convert("RGB")) == 255).mean() > 0.9  # what Pillow's own conversion does
         got = to_rgb8(im)
     np.testing.assert_array_equal(got, _grey3(_scaled16(v)))
     assert (got == 255).mean() < 0.01
