@@ -7,6 +7,8 @@ import json
 
 import torch
 
+from igcam_fast.results import sha256_file
+
 
 def state_hash(model: torch.nn.Module) -> str:
     """SHA-256 (32 hex digits) of a model's state dict: names, dtypes, shapes and bytes."""
@@ -20,11 +22,8 @@ def state_hash(model: torch.nn.Module) -> str:
 
 
 def file_hash(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:32]
+    """SHA-256 (32 hex digits) of a file's bytes (a label file: part of the settings)."""
+    return sha256_file(path)[:32]
 
 
 def fingerprint_of(settings) -> str:
