@@ -86,7 +86,13 @@ def load_state_dict_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError (a pickle that is not only tensors), a damaged or foreign file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"weights file {path} cannot be read as a state dict with torch.load(weights_only=True) "
+                         f"({type(err).__name__}: {reason[:300]}); give a file saved with "
+                         "torch.save(model.state_dict(), path)") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -136,7 +142,11 @@ def load_model(spec: str = "efficientnet_lite0", weights: str | Path | None = No
             raise ValueError(f"no default target layer for {spec!r}: give one (--layer)")
         result = ModelSpec(net, default_layer, **imagenet)
     if weights is not None:
-        missing, unexpected = result.model.load_state_dict(load_state_dict_file(weights), strict=False)
+        try:
+            missing, unexpected = result.model.load_state_dict(load_state_dict_file(weights), strict=False)
+        except RuntimeError as err:  # tensors of the wrong shape
+            details = " ".join(line.strip() for line in str(err).splitlines()[1:4])
+            raise ValueError(f"weights file {weights} does not match the model: {details[:400]}") from err
         if missing or unexpected:
             raise ValueError(f"weights file {weights} does not match the model: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")

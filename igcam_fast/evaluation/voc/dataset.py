@@ -87,6 +87,21 @@ def read_split(root: Path, split: str) -> list[str]:
     return ids
 
 
+def object_names(path: Path) -> list[str]:
+    """The class names of an annotation's objects in file order (repeats and difficult ones kept).
+
+    Reads only the names (no size or box checks): what a data-set command needs to choose targets.
+    VocError naming the file when it cannot be read or parsed.
+    """
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as err:
+        raise VocError(f"{path}: malformed XML ({err})") from None
+    except OSError as err:
+        raise VocError(f"{path}: cannot read ({err})") from None
+    return [(o.findtext("name") or "").strip() for o in tree.getroot().iter("object")]
+
+
 def _int(node, tag, where):
     text = node.findtext(tag)
     if text is None:

@@ -1,131 +1,17 @@
-"""Reading (and atomically writing) the output folders of ``igcam-fast explain``.
-
-    from igcam_fast.results import open_results
-    results = open_results("out/")            # reads manifest.json only
-    len(results)                              # number of maps (one per image and target)
-    rec = results[0]                          # Record(index, id, target, score, prob, map)
-    results.find("cats/001.jpg")              # every record of one image
-    for shard in results.shards:              # shard by shard; each .npz is read on access
-        shard.maps                            # (rows, h, w) float16 numpy array
-
-The format is described in docs/explain.md. Everything is plain numpy ``.npz`` (read with
-``allow_pickle=False``) and JSON; nothing is ever unpickled.
-"""
+"""Reading an ``igcam-fast explain`` output folder back, lazily, shard by shard."""
 
 from __future__ import annotations
 
 import bisect
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-FORMAT = "igcam_fast.explain"
-VERSION = 1
-MANIFEST = "manifest.json"
-CONFIG = "config.json"
-SHARD_DIR = "shards"
-OVERLAY_DIR = "overlays"
-
-#: The arrays of one shard file, rows = (image, target) pairs, n = images of the shard.
-SHARD_ROW_FIELDS = ("index", "id", "target", "score", "prob", "maps")
-SHARD_IMAGE_FIELDS = ("images", "failed_index", "failed_id", "failed_error")
-
-
-def shard_name(k: int) -> str:
-    return f"{SHARD_DIR}/shard-{k:06d}.npz"
-
-
-def overlay_name(index: int, target: int, shard_size: int) -> str:
-    """Relative path of the overlay PNG of one (image, target) row."""
-    return f"{OVERLAY_DIR}/{index // shard_size:06d}/{index:09d}_c{target}.png"
-
-
-# ---- atomic writes ---------------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through ``write(file)`` to a temporary file beside ``path``, fsync, rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_npz(path, arrays: dict, compress: bool = False) -> None:
-    """Save arrays as an .npz atomically (temp file, fsync, rename): a reader sees all or nothing."""
-    for name, a in arrays.items():
-        if np.asarray(a).dtype == object:
-            raise TypeError(f"array {name!r} has dtype object: it would need pickle")
-    save = np.savez_compressed if compress else np.savez
-    _atomic(path, lambda f: save(f, **arrays))
-
-
-def atomic_write_text(path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
-
-
-def remove_stale_temporaries(folder) -> int:
-    """Delete the temporary files a killed writer left behind (``.NAME.XXXX.tmp``)."""
-    removed = 0
-    folder = Path(folder)
-    for sub in (folder, folder / SHARD_DIR):
-        if sub.is_dir():
-            for p in sub.glob(".*.tmp"):
-                try:
-                    p.unlink()
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
-
-
-def load_npz(path) -> "np.lib.npyio.NpzFile":
-    """An .npz opened lazily (each array is read when it is accessed), never unpickling."""
-    return np.load(path, allow_pickle=False)
-
-
-def read_shard_fingerprint(path) -> str | None:
-    """The settings fingerprint stored in a shard, or None if the file is unreadable."""
-    try:
-        with load_npz(path) as z:
-            return str(z["fingerprint"])
-    except Exception:  # a truncated or foreign file: the caller redoes the shard
-        return None
-
-
-# ---- reading results ----------------------------------------------------------------------------
+from .atomic import sha256_file
+from .layout import CHECKSUM_SUFFIX, CONFIG, FORMAT, MANIFEST, SHARD_DIR, SHARD_IMAGE_FIELDS, SHARD_ROW_FIELDS, VERSION, overlay_name
+from .shards import load_npz, read_checksum
 
 @dataclass
 class Record:
@@ -165,7 +51,7 @@ class Shard:
             return z["maps"]
 
     def __getattr__(self, name):
-        if name in ("index", "id", "target", "score", "prob", *SHARD_IMAGE_FIELDS):
+        if name in SHARD_ROW_FIELDS[:-1] or name in SHARD_IMAGE_FIELDS:
             return self._get(name)
         raise AttributeError(name)
 
@@ -273,14 +159,38 @@ class Results:
             return np.concatenate(parts) if parts else np.zeros((0, 0, 0), np.float16)
         return np.stack([self[int(r)].map for r in rows])
 
+    def verify(self) -> list[str]:
+        """Check every shard's bytes against the SHA-256 recorded when it was written.
 
-def scan_shards(root) -> list[dict]:
-    """Shard entries found on disk (for a folder whose run has not finished: no manifest yet)."""
+        Returns one line per problem (empty: every shard is intact). Reads every shard file.
+        """
+        problems = []
+        for s in self.shards:
+            # the sidecar is rewritten with its shard; the manifest's copy is as of the last finished run
+            recorded = read_checksum(self.root, int(s.entry["shard"])) or s.entry.get("sha256")
+            if recorded is None:
+                problems.append(f"{s.path}: no checksum recorded")
+            elif not s.path.is_file():
+                problems.append(f"{s.path}: missing")
+            elif sha256_file(s.path) != recorded:
+                problems.append(f"{s.path}: bytes do not match the recorded SHA-256 (damaged)")
+        return problems
+
+
+def scan_shards(root, fingerprint: str | None = None) -> list[dict]:
+    """Shard entries found on disk (for a folder whose run has not finished: no manifest yet).
+
+    Only shards with a checksum sidecar count (the sidecar is written after the shard).
+    """
     root = Path(root)
     entries = []
     for p in sorted((root / SHARD_DIR).glob("shard-*.npz")):
+        if not Path(f"{p}{CHECKSUM_SUFFIX}").is_file():
+            continue
         try:
             with load_npz(p) as z:
+                if fingerprint is not None and str(z["fingerprint"]) != fingerprint:
+                    continue
                 entries.append(dict(file=f"{SHARD_DIR}/{p.name}", shard=int(z["shard"]), rows=int(z["index"].shape[0]),
                                     images=int(z["images"].shape[0]), failed=int(z["failed_index"].shape[0])))
         except Exception:
@@ -309,5 +219,5 @@ def open_results(root) -> Results:
         raise FileNotFoundError(f"{root} holds no explain results (no {MANIFEST} nor {CONFIG})")
     config = json.loads(config_path.read_text())
     manifest = dict(format=FORMAT, version=VERSION, complete=False, settings=config.get("settings", {}),
-                    class_names=config.get("class_names"), overlays=False, shards=scan_shards(root))
+                    class_names=config.get("class_names"), overlays=False, shards=scan_shards(root, config.get("fingerprint")))
     return Results(root, manifest)
