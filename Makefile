@@ -1,34 +1,64 @@
 # The two commands of the README. Each sets itself up: a virtual environment in .venv with the
 # pinned packages of requirements.txt and the compiled extension. A second run only rebuilds
 # what changed.
+#
+# Two build modes, one stamp each, so that they never undo each other:
+#   make demo  builds what can run here: the CPU extension, plus the CUDA one where a GPU is visible.
+#   make test  (and CI) always compiles and links the CUDA code too (IGCAM_FAST_BUILD_CUDA=1, where a
+#              CUDA toolkit is installed), so it is checked on every test run, GPU or not.
+# Once the CUDA build has run, the demo uses it and does not rebuild.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := $(VENV)/.packages-installed
-BUILT := $(VENV)/.extension-built
+BUILT_DEFAULT := $(VENV)/.extension-built
+BUILT_CUDA := $(VENV)/.extension-built-with-cuda
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+# The CUDA module needs nvcc; without a toolkit the test build is the default one (and says so).
+HAVE_NVCC := $(shell command -v nvcc >/dev/null 2>&1 || test -x "$${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" && echo 1)
+PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup setup-test bench clean
 
 demo: setup
+	@echo "==> demo: Grad-CAM and Integrated Grad-CAM on the bundled photos (outputs/demo/)"
 	$(PY) -m igcam_fast demo
 
-test: setup
+test: setup-test
+	@echo "==> test suite"
 	$(PY) -m pytest -q
 
-setup: $(BUILT)
+# The demo accepts either build; the test suite wants the one with CUDA.
+setup: $(PACKAGES)
+	@if [ -f $(BUILT_CUDA) ] && [ -z "$$(find $(SOURCES) -newer $(BUILT_CUDA) 2>/dev/null)" ]; then \
+	  echo "==> extension: up to date (built with CUDA for the tests)"; \
+	else $(MAKE) --no-print-directory $(BUILT_DEFAULT); fi
+
+setup-test: $(BUILT_CUDA)
 
 $(PACKAGES): requirements.txt
+	@echo "==> [1/3] virtual environment in $(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	@echo "==> [2/3] installing the pinned packages of requirements.txt (torch is the large download)"
+	$(PIP) install --progress-bar off -r requirements.txt
 	touch $@
 
 # --no-build-isolation: the extension is compiled against the torch installed above.
-$(BUILT): $(PACKAGES) $(SOURCES)
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+$(BUILT_DEFAULT): $(PACKAGES) $(SOURCES)
+	@echo "==> [3/3] compiling the extension (CPU kernels; CUDA kernels only where a GPU is visible)"
+	$(PIP) install --progress-bar off --no-build-isolation --no-deps -e .
 	touch $@
 
+$(BUILT_CUDA): $(PACKAGES) $(SOURCES)
+ifeq ($(HAVE_NVCC),1)
+	@echo "==> [3/3] compiling the extension with its CUDA kernels (IGCAM_FAST_BUILD_CUDA=1; takes minutes)"
+	IGCAM_FAST_BUILD_CUDA=1 $(PIP) install --progress-bar off --no-build-isolation --no-deps -e .
+else
+	@echo "==> [3/3] compiling the extension; no CUDA toolkit (nvcc) here, so the CUDA kernels are not built"
+	$(PIP) install --progress-bar off --no-build-isolation --no-deps -e .
+endif
+	touch $@ $(BUILT_DEFAULT)
+
 clean:
-	rm -rf build *.egg-info igcam_fast/*.so
+	rm -rf build *.egg-info igcam_fast/*.so $(BUILT_DEFAULT) $(BUILT_CUDA)
