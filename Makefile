@@ -40,8 +40,8 @@ setup-test: $(BUILT_CUDA)
 $(PACKAGES): requirements.txt
 	@echo "==> [1/3] virtual environment in $(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "==> [2/3] installing the pinned packages of requirements.txt (torch is the large download)"
-	$(PIP) install --progress-bar off -r requirements.txt
+	@echo "==> [2/3] installing the pinned packages of requirements.txt (torch and its CUDA libraries are most of it)"
+	$(PIP) install --progress-bar off --no-compile -r requirements.txt
 	touch $@
 
 # --no-build-isolation: the extension is compiled against the torch installed above.

@@ -143,11 +143,13 @@ def _explain_photos(args, spec, photos, device, grad_cam, integrated) -> list[di
             mask = box_mask(photo.boxes, photo.image.shape[:2], tuple(g_map.shape))
             row["gradcam_in_box"] = energy_in_mask(g_map, mask)
             row["igcam_in_box"] = energy_in_mask(i_map, mask)
-        in_box = (lambda key: f", {row[key]:.0%} of its energy in the box") if photo.boxes else (lambda key: "")
+        def in_box(key):
+            return f" · {row[key]:.0%} of its energy in the box" if photo.boxes else ""
+
         explanation_figure(
             photo.image,
-            [(f"Grad-CAM: {g_ms:.1f} ms{in_box('gradcam_in_box')}", g_map.numpy()),
-             (f"Integrated Grad-CAM ({integrated.rule}, m = {integrated.steps}): {i_ms:.1f} ms"
+            [(f"Grad-CAM\n{g_ms:.1f} ms{in_box('gradcam_in_box')}", g_map.numpy()),
+             (f"Integrated Grad-CAM ({integrated.rule}, m = {integrated.steps})\n{i_ms:.1f} ms"
               f"{in_box('igcam_in_box')}", i_map.numpy())],
             out / f"{photo.name}.png",
             title=f"{photo.name}: {name} ({row['confidence']:.0%}), explained for that class",

@@ -96,34 +96,35 @@ def explanation_figure(image: np.ndarray, maps: list[tuple[str, np.ndarray]], pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.patches import Patch, Rectangle
 
     h, w = image.shape[:2]
     panels = [("photo", None)] + list(maps)
-    fig_w = 4.2 * len(panels) * min(1.6, max(0.6, w / h))
-    fig, axes = plt.subplots(1, len(panels), figsize=(fig_w + 1.0, 4.8), squeeze=False,
-                             gridspec_kw=dict(wspace=0.04))
-    mappable = None
+    panel_h = 4.2  # inches; each panel as wide as the photo's aspect ratio asks (at least room for two-line titles)
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_h * len(panels) * max(w / h, 1.15) + 1.2, panel_h + 1.3),
+                             squeeze=False, layout="constrained")
     for ax, (label, saliency) in zip(axes[0], panels):
         ax.imshow(image)
         if saliency is not None:
-            mappable = ax.imshow(scaled_to(saliency, h, w), cmap=COLORMAP, vmin=0, vmax=1, alpha=weight,
-                                 interpolation="bilinear")
+            ax.imshow(scaled_to(saliency, h, w), cmap=COLORMAP, vmin=0, vmax=1, alpha=weight, interpolation="bilinear")
         for x1, y1, x2, y2 in boxes:
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=2))
         ax.set_title(label, fontsize=13)
         ax.set_xticks([])
         ax.set_yticks([])
-    if mappable is not None:
-        bar = fig.colorbar(mappable, ax=axes[0].tolist(), fraction=0.025, pad=0.01)
+    if maps:  # the bar shows the colormap itself, not the blended (paler) overlay
+        scale = ScalarMappable(norm=Normalize(0, 1), cmap=COLORMAP)
+        bar = fig.colorbar(scale, ax=axes[0].tolist(), fraction=0.02, pad=0.005)
         bar.set_label("map value (each map min-max scaled)", fontsize=11)
     if title:
         fig.suptitle(title, fontsize=15)
     if boxes:
-        fig.legend(handles=[Patch(facecolor="none", edgecolor="black", label=BOX_LEGEND)], loc="lower left",
-                   fontsize=11, frameon=False)
+        axes[0][0].legend(handles=[Patch(facecolor="none", edgecolor="black", label=BOX_LEGEND)], loc="upper left",
+                          bbox_to_anchor=(0, -0.01), fontsize=11, frameon=False)
     if caption:
-        fig.text(0.99, 0.02, caption, ha="right", fontsize=10, color="0.25")
+        fig.supxlabel(caption, fontsize=10, color="0.25", ha="right", x=0.98)
     path = Path(path)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
