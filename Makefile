@@ -6,7 +6,7 @@
 #   make demo  builds what can run here: the CPU extension, plus the CUDA one where a GPU is visible.
 #   make test  (and CI) always compiles and links the CUDA code too (IGCAM_FAST_BUILD_CUDA=1, where a
 #              CUDA toolkit is installed), so it is checked on every test run, GPU or not.
-# Once the CUDA build has run, the demo uses it and does not rebuild.
+# Once the CUDA build has run, the demo uses it too (and keeps it up to date).
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,8 +14,9 @@ PY := $(VENV)/bin/python
 PACKAGES := $(VENV)/.packages-installed
 BUILT_DEFAULT := $(VENV)/.extension-built
 BUILT_CUDA := $(VENV)/.extension-built-with-cuda
-SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
-# The CUDA module needs nvcc; without a toolkit the test build is the default one (and says so).
+SOURCES := setup.py setup.cfg pyproject.toml $(shell find csrc -type f 2>/dev/null)
+# The CUDA module needs nvcc (and a torch built with CUDA); without them the test build is the
+# default one, and says so.
 HAVE_NVCC := $(shell command -v nvcc >/dev/null 2>&1 || test -x "$${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" && echo 1)
 PIP := $(PY) -m pip --disable-pip-version-check
 
@@ -29,11 +30,9 @@ test: setup-test
 	@echo "==> test suite"
 	$(PY) -m pytest -q
 
-# The demo accepts either build; the test suite wants the one with CUDA.
-setup: $(PACKAGES)
-	@if [ -f $(BUILT_CUDA) ] && [ -z "$$(find $(SOURCES) -newer $(BUILT_CUDA) 2>/dev/null)" ]; then \
-	  echo "==> extension: up to date (built with CUDA for the tests)"; \
-	else $(MAKE) --no-print-directory $(BUILT_DEFAULT); fi
+# The demo accepts either build: once the test build (with CUDA) exists, it keeps to that one, so a
+# change in csrc/ rebuilds it rather than leaving a stale CUDA module beside a fresh CPU one.
+setup: $(if $(wildcard $(BUILT_CUDA)),$(BUILT_CUDA),$(BUILT_DEFAULT))
 
 setup-test: $(BUILT_CUDA)
 
@@ -51,13 +50,15 @@ $(BUILT_DEFAULT): $(PACKAGES) $(SOURCES)
 	touch $@
 
 $(BUILT_CUDA): $(PACKAGES) $(SOURCES)
-ifeq ($(HAVE_NVCC),1)
-	@echo "==> [3/3] compiling the extension with its CUDA kernels (IGCAM_FAST_BUILD_CUDA=1; takes minutes)"
-	IGCAM_FAST_BUILD_CUDA=1 $(PIP) install --progress-bar off --no-build-isolation --no-deps -e .
-else
-	@echo "==> [3/3] compiling the extension; no CUDA toolkit (nvcc) here, so the CUDA kernels are not built"
-	$(PIP) install --progress-bar off --no-build-isolation --no-deps -e .
-endif
+	@if [ "$(HAVE_NVCC)" = 1 ] && $(PY) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then \
+	  echo "==> [3/3] compiling the extension with its CUDA kernels (IGCAM_FAST_BUILD_CUDA=1; takes minutes)"; \
+	  echo "IGCAM_FAST_BUILD_CUDA=1 $(PIP) install --progress-bar off --no-build-isolation --no-deps -e ."; \
+	  IGCAM_FAST_BUILD_CUDA=1 $(PIP) install --progress-bar off --no-build-isolation --no-deps -e .; \
+	else \
+	  echo "==> [3/3] compiling the extension; no CUDA toolkit (nvcc) or a CPU-only torch, so no CUDA kernels"; \
+	  echo "$(PIP) install --progress-bar off --no-build-isolation --no-deps -e ."; \
+	  $(PIP) install --progress-bar off --no-build-isolation --no-deps -e .; \
+	fi
 	touch $@ $(BUILT_DEFAULT)
 
 clean:

@@ -96,6 +96,7 @@ def run(args) -> list[dict]:
         raise CommandError(f"--steps must be at least 1, got {args.steps}")
     device = parse_device(args.device)
     photos = read_photos(args.images)
+    print(f"loading {args.model} ...", flush=True)
     spec = load_model_or_explain(NAME, args.model, args.weights, args.layer)
     check_layer(spec)
     model = spec.model.to(device)
@@ -106,8 +107,10 @@ def run(args) -> list[dict]:
         integrated = CamEngine(model, spec.layer, method="igcam", **options, **ig_options)
     except ValueError as err:  # an unknown --rule
         raise CommandError(str(err)) from None
+    print(f"explaining {len(photos)} image(s) on {device} ({args.repeats} timed runs per method) ...", flush=True)
     with integrated, CamEngine(model, spec.layer, method="gradcam", **options) as grad_cam:
         rows = _explain_photos(args, spec, photos, device, grad_cam, integrated)
+    print()
     print(format_table(rows, device, integrated, args.model))
     out = Path(args.out)
     print(f"\nwrote {len(rows)} PNG figures and {2 * len(rows)} .npy maps to {out}/"
@@ -157,6 +160,8 @@ def _explain_photos(args, spec, photos, device, grad_cam, integrated) -> list[di
             caption=f"{args.model} at {spec.layer!r} on {device.type}; maps upsampled to the photo's "
                     f"{photo.image.shape[1]}×{photo.image.shape[0]} pixels")
         rows.append(row)
+        print(f"  {photo.name}: {name} ({row['confidence']:.0%}); Grad-CAM {g_ms:.1f} ms, Integrated Grad-CAM "
+              f"{i_ms:.1f} ms -> {out / (photo.name + '.png')}", flush=True)
     return rows
 
 

@@ -14,6 +14,9 @@ Grad-CAM++ figures on the real VOC 2007 models are printed beside it as referenc
 Models: a torchvision architecture with the user's weights file (a 20-way head is built), the
 bundled EfficientNet-Lite0, or ``package.module:factory``. Confidence Ψ: sigmoid for multi-label
 models (default), softmax for single-label ones (--confidence softmax).
+
+(About 430 lines: the pair loop, its table and the command's checks of its options belong together;
+evaluate_voc is the function other commands call, evaluate_pairs the loop the tests call.)
 """
 
 from __future__ import annotations

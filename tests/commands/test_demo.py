@@ -1,6 +1,7 @@
 """What the demo shows a user: the models carry their preprocessing, the figures (overlay with
 caption, aspect ratio kept), class names, the random-weights warning, and the saturation example."""
 
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -148,3 +149,15 @@ def test_saturation_figure_is_drawn(tmp_path):
     path = saturation_figure(tmp_path / "why.png")
     with Image.open(path) as im:
         assert im.size[0] > 2 * im.size[1] > 400
+
+
+def test_demo_says_when_a_torchvision_model_has_random_weights(tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(image)
+    assert cli.main(["demo", str(image), "--model", "resnet18", "--out", str(tmp_path / "out"), "--repeats", "1",
+                     "--steps", "2", "--no-why-figure"]) == 0
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if "random weights" in line]
+    assert len(warned) == 1 and warned[0].startswith("igcam-fast demo: warning: resnet18 has random weights")
+    row = next(line for line in captured.out.splitlines() if line.startswith("| photo |"))
+    assert re.search(r"\| photo \| [A-Za-z][^|(]* \(\d+\) \|", row), row  # an ImageNet class name, not a bare index
