@@ -15,9 +15,9 @@ from torch import nn
 from igcam_fast.commands import cli
 from igcam_fast.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, attach_preprocessing, preprocessing_of
 from igcam_fast.images.overlay import explanation_figure, overlay, scaled_to
-from igcam_fast.images.photos import bundled_photos, model_input, to_input
+from igcam_fast.images.photos import bundled_photos, model_input
 from igcam_fast.images.saturation import SaturatedScorer, bright_object, saturation_example, saturation_figure
-from igcam_fast.models import ModelSpec, layers_with_4d_outputs, load_model
+from igcam_fast.models import layers_with_4d_outputs, load_model
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
