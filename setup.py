@@ -4,12 +4,14 @@
 
 Two extension modules:
     igcam_fast._C       op schemas (csrc/igcam_ops.cpp) + CPU kernels (csrc/cpu/*.cpp); always built.
-    igcam_fast._C_cuda  CUDA kernels (csrc/cuda/*.cu); built when a CUDA toolkit (nvcc) is found
-                        and torch was built with CUDA. Whether a GPU is visible does not matter, so
-                        GPU-less machines still compile and link it.
+    igcam_fast._C_cuda  CUDA kernels (csrc/cuda/*.cu); built by default only where it can run: a CUDA
+                        toolkit (nvcc) is found, torch was built with CUDA and a GPU is visible. A
+                        machine without a GPU skips it (minutes of nvcc for a module it cannot load);
+                        CI and `make test` build it there anyway with IGCAM_FAST_BUILD_CUDA=1, so the
+                        CUDA code is compiled and linked on every test run.
 
 Environment:
-    IGCAM_FAST_BUILD_CUDA=0|1   force the CUDA module off / on (on fails loudly without a toolkit).
+    IGCAM_FAST_BUILD_CUDA=0|1   force the CUDA module off / on, GPU or not (on fails loudly without a toolkit).
     TORCH_CUDA_ARCH_LIST        CUDA architectures (default "7.5;8.0;9.0+PTX": machine code for
                                 Turing, Ampere/Ada (sm_80 runs on 8.x) and Hopper, plus Hopper
                                 PTX that newer cards compile at first load). The list is recorded
@@ -68,13 +70,23 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 
 def _build_cuda() -> bool:
+    """Whether to build igcam_fast._C_cuda: IGCAM_FAST_BUILD_CUDA=0|1 decides; unset, only where it can run."""
     forced = os.environ.get("IGCAM_FAST_BUILD_CUDA")
-    if forced in ("0", "1"):
-        if forced == "1" and not (_CUDA_TOOLKIT and torch.version.cuda):
+    if forced not in (None, "", "0", "1"):
+        raise RuntimeError(f"IGCAM_FAST_BUILD_CUDA must be 0 or 1, got {forced!r}")
+    if forced == "1":
+        if not (_CUDA_TOOLKIT and torch.version.cuda):
             raise RuntimeError("IGCAM_FAST_BUILD_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME) "
                                "or torch was built without CUDA")
-        return forced == "1"
-    return bool(_CUDA_TOOLKIT and torch.version.cuda)
+        return True
+    if forced == "0":
+        return False
+    can_build = bool(_CUDA_TOOLKIT and torch.version.cuda)
+    if can_build and not torch.cuda.is_available():
+        print("igcam_fast: no GPU visible, so the CUDA module igcam_fast._C_cuda is not built "
+              "(IGCAM_FAST_BUILD_CUDA=1 builds it anyway)", file=sys.stderr)
+        return False
+    return can_build
 
 
 def _nvidia_wheel_includes() -> list[str]:

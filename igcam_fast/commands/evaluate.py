@@ -14,6 +14,9 @@ Grad-CAM++ figures on the real VOC 2007 models are printed beside it as referenc
 Models: a torchvision architecture with the user's weights file (a 20-way head is built), the
 bundled EfficientNet-Lite0, or ``package.module:factory``. Confidence Ψ: sigmoid for multi-label
 models (default), softmax for single-label ones (--confidence softmax).
+
+(About 430 lines: the pair loop, its table and the command's checks of its options belong together;
+evaluate_voc is the function other commands call, evaluate_pairs the loop the tests call.)
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from pathlib import Path
 
 import torch
 
+from igcam_fast.commands import CommandError
+from igcam_fast.commands.common import DEVICE_HELP, check_layer, default_device, load_model_or_explain, parse_device
 from igcam_fast.evaluation import metrics as Mx
 from igcam_fast.evaluation.channel_cams import EXTRA_METHODS, make_extra
 from igcam_fast.core.engine import CamEngine
-from igcam_fast.models import load_model
-from igcam_fast.images.photos import box_mask, load_image, to_input
+from igcam_fast.core.quadrature import canonical_rule
+from igcam_fast.core.preprocessing import preprocessing_of
+from igcam_fast.images.photos import box_mask, load_image, model_input
 from igcam_fast.evaluation.voc.dataset import VOC_CLASSES, VocError, load_voc
 
 NAME = "evaluate"
@@ -55,13 +61,17 @@ METHOD_LABELS = {
 }
 DEFAULT_METHODS = "gradcam,gradcampp,igcam,gradcam_minus_baseline,scorecam,ablationcam"
 
-#: SPEC §2: the SISE paper's figures (AAAI 2021) on PASCAL VOC 2007 test with the real models.
+#: The SISE paper's figures (AAAI 2021) on PASCAL VOC 2007 test with the real models.
 PUBLISHED = [
     dict(model="VGG16", method="Grad-CAM", ebpg=55.44, bbox=51.70, drop=49.47, increase=31.08),
     dict(model="VGG16", method="Grad-CAM++", ebpg=46.29, bbox=55.59, drop=60.63, increase=23.89),
     dict(model="ResNet-50", method="Grad-CAM", ebpg=60.08, bbox=60.25, drop=35.80, increase=36.58),
     dict(model="ResNet-50", method="Grad-CAM++", ebpg=47.78, bbox=58.66, drop=41.77, increase=32.15),
 ]
+
+
+class ModelMismatch(ValueError):
+    """The model's outputs do not fit the data set's classes."""
 
 
 def build_explainer(name: str, model, layer, *, mean, std, steps=None, rule=None, batch_rows=None):
@@ -87,8 +97,9 @@ def method_label(name: str, explainer) -> str:
     return METHOD_LABELS[name]
 
 
-def parse_methods(text: str) -> list[str]:
-    names = [m.strip() for m in text.split(",") if m.strip()]
+def parse_methods(text) -> list[str]:
+    """Comma-separated method names (or a list of them), checked, duplicates dropped."""
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     bad = [m for m in names if m not in METHOD_LABELS]
     if bad or not names:
         raise ValueError(f"unknown method(s) {bad}; choose from {', '.join(METHOD_LABELS)}")
@@ -121,9 +132,10 @@ def evaluate_pairs(spec, images, classes, methods, *, device="cpu", batch_images
     """Run every method on every (image, present class) pair of ``images`` (VocImage list)."""
     device = torch.device(device)
     model = spec.model.to(device).eval()
+    pre = preprocessing_of(model)  # the model's own normalisation (ModelSpec records it on the model)
     size = (spec.input_size, spec.input_size)
     tolerance = 15 * spec.input_size / 224 if tolerance is None else tolerance
-    explainers = {m: build_explainer(m, model, spec.layer, mean=spec.mean, std=spec.std, steps=steps, rule=rule,
+    explainers = {m: build_explainer(m, model, spec.layer, mean=pre.mean, std=pre.std, steps=steps, rule=rule,
                                      batch_rows=batch_rows) for m in methods}
     labels = {m: method_label(m, e) for m, e in explainers.items()}
     scores = {m: _Scores() for m in methods}
@@ -157,7 +169,7 @@ def evaluate_pairs(spec, images, classes, methods, *, device="cpu", batch_images
                     continue
                 present = im.classes(keep_difficult)
                 i = len(xs)
-                xs.append(to_input(pixels, spec.input_size, spec.mean, spec.std))
+                xs.append(model_input(pixels, model))
                 cls = [classes.index(c) for c in present]
                 for c_name, c in zip(present, cls):
                     masks.append(box_mask(im.boxes(c_name, keep_difficult), (im.height, im.width), size))
@@ -178,7 +190,7 @@ def evaluate_pairs(spec, images, classes, methods, *, device="cpu", batch_images
             with torch.no_grad():
                 logits = model(x)
             if logits.shape[1] != len(classes):
-                raise ValueError(f"the model has {logits.shape[1]} outputs but there are {len(classes)} classes "
+                raise ModelMismatch(f"the model has {logits.shape[1]} outputs but there are {len(classes)} classes "
                                  f"({', '.join(classes[:5])}, ...); give --classes or --num-classes")
             base = Mx.confidence(logits[img_idx], cls_idx, confidence)
             for m, explainer in explainers.items():
@@ -200,13 +212,13 @@ def evaluate_pairs(spec, images, classes, methods, *, device="cpu", batch_images
                 s.add("bbox", Mx.bbox_score(pair_maps, mask))
                 s.add("pointing", Mx.pointing_game(pair_maps, mask, tolerance))
                 for protocol in protocols:
-                    r = Mx.drop_increase(model, x, pair_maps, cls_idx, mean=spec.mean, std=spec.std, protocol=protocol,
+                    r = Mx.drop_increase(model, x, pair_maps, cls_idx, mean=pre.mean, std=pre.std, protocol=protocol,
                                          kind=confidence, image_index=img_idx, base_confidence=base)
                     s.add(f"drop_{protocol}", r["drop"])
                     s.add(f"increase_{protocol}", r["increase"])
                 if deletion_insertion:
                     for mode in ("deletion", "insertion"):
-                        r = Mx.deletion_insertion(model, x, pair_maps, cls_idx, mean=spec.mean, std=spec.std,
+                        r = Mx.deletion_insertion(model, x, pair_maps, cls_idx, mean=pre.mean, std=pre.std,
                                                   mode=mode, steps=del_ins_steps, kind=confidence, image_index=img_idx)
                         s.add(mode, r["auc"])
             n_images += len(xs)
@@ -306,10 +318,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rule", help="Integrated Grad-CAM quadrature rule (default: the library's)")
     parser.add_argument("--batch-images", type=int, default=8, help="images per explain call (default 8)")
     parser.add_argument("--batch-rows", type=int, help="rows per forward inside the methods (default per device)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device(), help=DEVICE_HELP)
     parser.add_argument("--out", default="outputs/evaluate", help="folder for results.json and results.md")
     parser.add_argument("--title", help="a title for the table")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _classes(text):
@@ -326,34 +338,75 @@ def _classes(text):
 
 
 def run(args) -> dict:
+    options = {k: v for k, v in vars(args).items() if k in EVALUATE_OPTIONS}
+    options["progress"] = not args.no_progress
+    return evaluate_voc(**options)
+
+
+#: The keyword arguments of :func:`evaluate_voc` that the command line sets one to one.
+EVALUATE_OPTIONS = ("voc", "split", "model", "weights", "layer", "methods", "classes", "confidence", "protocols",
+                    "deletion_insertion", "keep_difficult", "skip_bad", "limit", "steps", "rule", "batch_images",
+                    "batch_rows", "device", "out", "title")
+
+
+def evaluate_voc(*, voc, model, split="test", weights=None, layer=None, methods=DEFAULT_METHODS, classes=None,
+                 confidence="sigmoid", protocols="top15,soft", deletion_insertion=False, keep_difficult=False,
+                 skip_bad=False, limit=None, steps=None, rule=None, batch_images=8, batch_rows=None,
+                 device=None, out="outputs/evaluate", title=None, progress=True) -> dict:
+    """``igcam-fast evaluate`` as a function: the same options (``methods``, ``protocols`` and
+    ``classes`` as comma-separated text), the same table printed, results.json and results.md
+    written to ``out``; returns the result dict. A user's mistake raises CommandError."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    methods = parse_methods(args.methods)
-    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    try:
+        methods = parse_methods(methods)
+    except ValueError as err:
+        raise CommandError(f"--methods: {err}") from None
+    protocols = [p.strip() for p in (protocols.split(",") if isinstance(protocols, str) else protocols) if p.strip()]
     if not protocols or any(p not in ("top15", "soft") for p in protocols):
-        raise ValueError(f"--protocols must list top15 and/or soft, got {args.protocols!r}")
-    classes = _classes(args.classes)
-    spec = load_model(args.model, args.weights, args.layer, num_classes=len(classes or VOC_CLASSES))
+        raise CommandError(f"--protocols must list top15 and/or soft, got {','.join(protocols)!r}")
+    for flag, value in (("--batch-images", batch_images), ("--batch-rows", batch_rows), ("--limit", limit),
+                        ("--steps", steps)):
+        if value is not None and value < 1:
+            raise CommandError(f"{flag} must be at least 1, got {value}")
+    if rule is not None:
+        try:
+            canonical_rule(rule)
+        except ValueError as err:
+            raise CommandError(f"--rule: {err}") from None
+    device = parse_device(device or default_device())
+    if not Path(voc).exists():
+        raise CommandError(f"--voc {voc}: no such folder (give VOC2007/, VOCdevkit/ or its parent)")
+    try:
+        classes = _classes(classes)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    spec = load_model_or_explain(NAME, model, weights, layer, num_classes=len(classes or VOC_CLASSES))
+    check_layer(spec)
     if classes is None:
         classes = list(spec.class_names) if spec.class_names else list(VOC_CLASSES)
-    images = load_voc(args.voc, args.split, classes, skip_bad=args.skip_bad)
-    if args.limit:
-        images = images[:args.limit]
-    if not images:
-        raise VocError(f"no image of split {args.split!r} in {args.voc} is left to evaluate")
-    result = evaluate_pairs(spec, images, classes, methods, device=args.device, batch_images=args.batch_images,
-                            confidence=args.confidence, keep_difficult=args.keep_difficult, protocols=protocols,
-                            deletion_insertion=args.deletion_insertion, steps=args.steps, rule=args.rule,
-                            batch_rows=args.batch_rows, skip_bad=args.skip_bad, progress=not args.no_progress)
-    device = torch.device(args.device)
-    result.update(model=args.model, weights=str(args.weights) if args.weights else None, layer=spec.layer,
-                  voc=str(args.voc), split=args.split, classes=classes, methods=methods,
+    try:
+        images = load_voc(voc, split, classes, skip_bad=skip_bad)
+        if limit:
+            images = images[:limit]
+        if not images:
+            raise VocError(f"no image of split {split!r} in {voc} is left to evaluate")
+        result = evaluate_pairs(spec, images, classes, methods, device=device, batch_images=batch_images,
+                                confidence=confidence, keep_difficult=keep_difficult, protocols=protocols,
+                                deletion_insertion=deletion_insertion, steps=steps, rule=rule,
+                                batch_rows=batch_rows, skip_bad=skip_bad, progress=progress)
+    except VocError as err:  # a missing or malformed file of the data set, named in the message
+        raise CommandError(str(err)) from None
+    except ModelMismatch as err:
+        raise CommandError(str(err)) from None
+    result.update(model=model, weights=str(weights) if weights else None, layer=spec.layer,
+                  voc=str(voc), split=split, classes=classes, methods=methods,
                   device=torch.cuda.get_device_name(device) if device.type == "cuda"
                   else f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads",
                   torch=torch.__version__, published_references=PUBLISHED)
-    title = args.title or f"{args.model} at {spec.layer}, {args.voc} split {args.split}, on {result['device']}"
+    title = title or f"{model} at {spec.layer}, {voc} split {split}, on {result['device']}"
     table = format_table(result, title)
     print(table)
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "results.md").write_text(table + "\n")
@@ -361,8 +414,18 @@ def run(args) -> dict:
     return result
 
 
-def command_line(argv) -> str:
-    return "igcam-fast evaluate " + " ".join(shlex.quote(str(a)) for a in argv)
+def command_line(options: dict) -> str:
+    """The ``igcam-fast evaluate`` command line that :func:`evaluate_voc` (``options``) runs, to re-run it."""
+    words = ["igcam-fast", "evaluate"]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "progress":
+            words += [] if value else ["--no-progress"]
+        elif value is True:
+            words.append(flag)
+        elif value not in (None, False):
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def main(argv=None) -> dict:

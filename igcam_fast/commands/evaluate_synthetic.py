@@ -5,9 +5,10 @@
 1. generates the synthetic VOC-layout digits data set (igcam_fast.evaluation.voc.synthetic), cached;
 2. trains the VGG-style and the ResNet-style multi-label classifiers on it (seeded, cached) and
    reports their test mAP;
-3. runs the very same ``igcam-fast evaluate`` command on each (printed, so it can be re-run);
+3. runs the very same evaluation as ``igcam-fast evaluate`` on each (its command line is printed,
+   so it can be re-run);
 4. runs the real-photo sanity set: the pretrained EfficientNet-Lite0 on the bundled photos with
-   their hand-measured boxes (SPEC §3), explaining each photo's top-1 class, per image and averaged;
+   their hand-measured object boxes, explaining each photo's top-1 class, per image and averaged;
 and writes everything to --out (summary.md, summary.json and one folder per model).
 """
 
@@ -24,9 +25,10 @@ import torch
 
 from igcam_fast.evaluation import metrics as Mx
 from igcam_fast.core.engine import CamEngine
-from igcam_fast.commands.evaluate import DEFAULT_METHODS, build_explainer, command_line, format_table, method_label
-from igcam_fast.commands.evaluate import main as evaluate_main
-from igcam_fast.commands.evaluate import parse_methods
+from igcam_fast.commands import CommandError
+from igcam_fast.commands.common import DEVICE_HELP, default_device, parse_device
+from igcam_fast.commands.evaluate import (DEFAULT_METHODS, build_explainer, command_line, evaluate_voc, format_table,
+                                          method_label, parse_methods)
 from igcam_fast.evaluation.voc import synthetic as S
 
 NAME = "evaluate-synthetic"
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/evaluate_synthetic", help="output folder")
     parser.add_argument("--cache", help="cache folder for the data set and weights "
                                         "(default: $IGCAM_FAST_CACHE or ~/.cache/igcam_fast, + /synthetic)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data set and the training (default 0)")
     parser.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
     parser.add_argument("--test", type=int, default=200, help="test images (default 200)")
     parser.add_argument("--epochs", type=int, default=16, help="training epochs (default 16)")
@@ -49,25 +51,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="methods for the real-photo set (default: all but igcam_paper)")
     parser.add_argument("--no-photos", action="store_true", help="skip the real-photo sanity set")
     parser.add_argument("--deletion-insertion", action="store_true", help="also deletion/insertion AUC")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--device", default=default_device(), help=DEVICE_HELP)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def photo_sanity(methods, device="cpu", repeats: int = 1) -> dict:
     """EfficientNet-Lite0 on the bundled photos: each photo's top-1 class, its box as the mask."""
+    from igcam_fast.core.preprocessing import preprocessing_of
+    from igcam_fast.images.photos import box_mask, bundled_photos, model_input
     from igcam_fast.models import load_model
-    from igcam_fast.images.photos import box_mask, bundled_photos, to_input
 
     spec = load_model("efficientnet_lite0")
     device = torch.device(device)
     model = spec.model.to(device)
+    pre = preprocessing_of(model)  # EfficientNet-Lite0's (x − 127)/128, also for the "black" baseline
     rows = []
     size = (spec.input_size, spec.input_size)
     tolerance = 15.0
-    explainers = {m: build_explainer(m, model, spec.layer, mean=spec.mean, std=spec.std) for m in methods}
+    explainers = {m: build_explainer(m, model, spec.layer, mean=pre.mean, std=pre.std) for m in methods}
     try:
         for photo in bundled_photos():
-            x = to_input(photo.image, spec.input_size, spec.mean, spec.std).to(device)
+            x = model_input(photo.image, model).to(device)
             with torch.no_grad():
                 probs = model(x).softmax(dim=1)[0]
             cls = int(probs.argmax())
@@ -92,7 +96,7 @@ def photo_sanity(methods, device="cpu", repeats: int = 1) -> dict:
                            pointing=100 * Mx.pointing_game(maps, mask, tolerance).item(),
                            chance=100 * float(mask.double().mean()), ms=statistics.median(times) * 1e3)
                 for protocol in ("top15", "soft"):
-                    r = Mx.drop_increase(model, x, maps, [cls], mean=spec.mean, std=spec.std, protocol=protocol,
+                    r = Mx.drop_increase(model, x, maps, [cls], mean=pre.mean, std=pre.std, protocol=protocol,
                                          kind="softmax")
                     row[f"drop_{protocol}"] = r["drop"].item()
                     row[f"increase_{protocol}"] = 100 * r["increase"].item()
@@ -121,8 +125,22 @@ def format_photo_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _methods(flag: str, text: str) -> list[str]:
+    try:
+        return parse_methods(text)
+    except ValueError as err:
+        raise CommandError(f"{flag}: {err}") from None
+
+
 def run(args) -> dict:
-    methods = ",".join(parse_methods(args.methods))
+    methods = ",".join(_methods("--methods", args.methods))
+    photo_methods = None if args.no_photos else _methods("--photo-methods", args.photo_methods)
+    for flag, value in (("--train", args.train), ("--test", args.test), ("--epochs", args.epochs)):
+        if value < 1:
+            raise CommandError(f"{flag} must be at least 1, got {value}")
+    device = parse_device(args.device)
+    if args.cache and Path(args.cache).exists() and not Path(args.cache).is_dir():
+        raise CommandError(f"--cache {args.cache} is a file, not a folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -132,16 +150,12 @@ def run(args) -> dict:
     sections = []
     for arch in S.ARCHITECTURES:
         weights, info = S.ensure_trained(arch, root, epochs=args.epochs, seed=args.seed, cache=args.cache)
-        argv = ["--voc", str(root), "--split", "test", "--model", f"igcam_fast.evaluation.voc.synthetic:{arch}",
-                "--weights", str(weights), "--methods", methods, "--out", str(out / arch),
-                "--device", args.device,
-                "--title", f"{arch} (test mAP {info['test_mAP']:.3f}), synthetic digits VOC test split"]
-        if args.deletion_insertion:
-            argv.append("--deletion-insertion")
-        if args.no_progress:
-            argv.append("--no-progress")
-        print(f"\n$ {command_line(argv)}")
-        result = evaluate_main(argv)
+        options = dict(voc=str(root), split="test", model=f"igcam_fast.evaluation.voc.synthetic:{arch}",
+                       weights=str(weights), methods=methods, out=str(out / arch), device=str(device),
+                       title=f"{arch} (test mAP {info['test_mAP']:.3f}), synthetic digits VOC test split",
+                       deletion_insertion=args.deletion_insertion, progress=not args.no_progress)
+        print(f"\n$ {command_line(options)}")
+        result = evaluate_voc(**options)
         result["training"] = info
         summary["models"][arch] = result
         chance = _chance(root)
@@ -150,12 +164,12 @@ def run(args) -> dict:
                                      f"{info['threads']} threads)", references=False)
                         + f"\n\nChance level (a uniform map) for EBPG and Bbox on this split: {chance:.2f}.")
         summary["models"][arch]["chance_ebpg"] = chance
-    if not args.no_photos:
-        photo_methods = parse_methods(args.photo_methods)
+    if photo_methods:
         print("\nreal-photo sanity set (EfficientNet-Lite0) ...")
-        photos = photo_sanity(photo_methods, args.device)
+        photos = photo_sanity(photo_methods, device)
         summary["photos"] = photos
-        sections.append("### Real photos: EfficientNet-Lite0 (SPEC §3 boxes)\n\n" + format_photo_tables(photos))
+        sections.append("### Real photos: EfficientNet-Lite0 (hand-measured object boxes)\n\n"
+                        + format_photo_tables(photos))
     summary["seconds"] = time.perf_counter() - started
     text = "\n\n".join(sections)
     from igcam_fast.commands.evaluate import PUBLISHED
@@ -165,7 +179,7 @@ def run(args) -> dict:
              "| model | method | EBPG | Bbox | Drop% | Increase% |\n|---|---|---|---|---|---|\n"
              + "\n".join(f"| {p['model']} | {p['method']} (published) | {p['ebpg']:.2f} | {p['bbox']:.2f} | "
                          f"{p['drop']:.2f} | {p['increase']:.2f} |" for p in PUBLISHED))
-    text += f"\n\nWhole benchmark: {summary['seconds']:.0f} s on {args.device} ({torch.get_num_threads()} threads)."
+    text += f"\n\nWhole benchmark: {summary['seconds']:.0f} s on {device} ({torch.get_num_threads()} threads)."
     (out / "summary.md").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print("\n" + text)

@@ -43,17 +43,51 @@ def bundled_photos(names=None) -> list[Photo]:
     return photos
 
 
+def save_bundled_photo(name: str, path: str | Path) -> Path:
+    """Write one bundled photo (``chelsea``, ``coffee``, ...) to an image file; returns its path."""
+    path = Path(path)
+    Image.fromarray(bundled_photos([name])[0].image).save(path)
+    return path
+
+
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
+    """An image file as (H, W, 3) uint8 RGB.
+
+    Raises FileNotFoundError for a missing file and ValueError (naming the file) for one that is
+    not a readable image (empty, truncated, not an image format).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def model_input(image: np.ndarray, model: torch.nn.Module, size: int | None = None) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, S, S) input for ``model``, normalised the way the model says.
+
+    The mean/std (and the input size S, unless ``size`` is given) are those recorded on the model
+    by :func:`igcam_fast.core.preprocessing.attach_preprocessing`, as every model from
+    :func:`igcam_fast.models.load_model` has them.
+    """
+    from igcam_fast.core.preprocessing import preprocessing_of
+
+    pre = preprocessing_of(model)
+    if pre is None:
+        raise ValueError("the model carries no preprocessing: load it with igcam_fast.models.load_model, or "
+                         "record it with igcam_fast.core.preprocessing.attach_preprocessing(model, mean, std, size)")
+    size = size or pre.input_size
+    if size is None:
+        raise ValueError("the model's preprocessing has no input_size: pass size=")
+    return to_input(image, size, pre.mean, pre.std)
 
 
 def to_input(image: np.ndarray, size: int, mean, std) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, size, size) normalised model input (bilinear resize, no crop)."""
+    """(H, W, 3) uint8 -> (1, 3, size, size) normalised model input (bilinear resize, no crop):
+    (pixels / 255 − mean) / std per channel."""
     resized = Image.fromarray(image).resize((size, size), Image.BILINEAR)
     pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]

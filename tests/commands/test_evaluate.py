@@ -2,6 +2,7 @@
 evaluate command end to end on a small synthetic VOC-layout data set with a briefly trained model."""
 
 import json
+import re
 import logging
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from igcam_fast.commands import cli, evaluate
+from igcam_fast.commands import CommandError, cli, evaluate
 from igcam_fast.evaluation.channel_cams import AblationCAM, ScoreCAM
 from igcam_fast.images.photos import box_mask
 from igcam_fast.evaluation.voc import VocError, load_voc
@@ -131,18 +132,25 @@ def _damage(voc, damage):
         p.write_text(text[:start] + "999" + text[text.index("</xmax>", start):])
 
 
-def test_the_command_reports_bad_input_and_corrupt_images(voc, tmp_path):
+def test_the_command_reports_bad_input_and_corrupt_images(voc, tmp_path, capsys):
     args = ["evaluate", "--voc", str(voc), "--model", "igcam_fast.evaluation.voc.synthetic:resnet_style", "--methods", "gradcam",
             "--out", str(tmp_path / "out"), "--no-progress"]
     (voc / "JPEGImages" / "000004.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(VocError, match="000004.jpg: not a readable image"):
-        cli.main(args)
+
+    def one_line_error(argv, match):  # the data set's VocError, as the command's one-line error (exit 2)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith("igcam-fast evaluate: error: ") and re.search(match, err), err
+
+    one_line_error(args, "000004.jpg: not a readable image")
     _damage(voc, "unknown_class")
-    with pytest.raises(VocError, match="000003.xml: object 0 has unknown class 'zebra'"):
-        cli.main(args)
+    one_line_error(args, "000003.xml: object 0 has unknown class 'zebra'")
     result = evaluate.main(args[1:] + ["--skip-bad"])
     assert result["images"] == 2  # 000003 and 000004 skipped, logged
-    with pytest.raises(VocError, match="split file not found"):
+    with pytest.raises(CommandError, match="split file not found"):
         evaluate.main(args[1:] + ["--split", "val"])
 
 
