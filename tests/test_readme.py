@@ -86,9 +86,4 @@ def test_quick_start_map_uses_the_models_normalisation(executed):
     model, x, layer = ns["model"], ns["x"], ns["spec"].layer
     pre = preprocessing_of(model)
     by_hand = igcam_fast.integrated_gradcam(model, x, layer, mean=pre.mean, std=pre.std)
-    if not torch.allclose(ns["maps"], by_hand, rtol=1e-4, atol=1e-6):
-        imagenet = igcam_fast.integrated_gradcam(model, x, layer, mean=(0.485, 0.456, 0.406),
-                                                 std=(0.229, 0.224, 0.225))
-        if torch.allclose(ns["maps"], imagenet, rtol=1e-4, atol=1e-6):
-            pytest.xfail("the engine does not read the model's preprocessing yet (uses ImageNet's mean/std)")
     torch.testing.assert_close(ns["maps"], by_hand, rtol=1e-4, atol=1e-6)
