@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.comparators import backend_reasons
-from bench.run import _op_case
+from bench.op_cases import op_case
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BACKENDS = ["cuda", "triton", "torch"] if DEVICE.type == "cuda" else ["cpu", "torch"]
@@ -33,7 +33,7 @@ def test_op(benchmark, op, shape, backend):
     why = backend_reasons(backend, DEVICE, [torch.float32])
     if why:
         pytest.skip(f"backend {backend!r}: {'; '.join(why)}")
-    call, nbytes = _op_case(op, shape, DEVICE)
+    call, nbytes = op_case(op, shape, DEVICE)
 
     if DEVICE.type == "cuda":
         def run():
