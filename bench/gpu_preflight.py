@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-CHECKS = ("triton", "cuda-backend", "triton-backend")
+CHECKS = ("triton", "torchvision", "cuda-backend", "triton-backend")
 
 
 def describe(device: torch.device) -> list[str]:
@@ -38,6 +38,12 @@ def problems(device: torch.device, required) -> list[str]:
     if "triton" in required and importlib.util.find_spec("triton") is None:
         found.append("triton is not importable: the Triton kernels cannot be tested; install the triton that "
                      "matches this torch (a wheel in .whl/)")
+    if "torchvision" in required:
+        try:
+            import torchvision.models  # noqa: F401  (ResNet-50 and VGG16 of the gpu preset)
+        except Exception as err:
+            found.append(f"torchvision is not importable ({type(err).__name__}: {err}): the gpu preset's ResNet-50 "
+                         f"and VGG16 need it; put a torchvision wheel built for torch {torch.__version__} in .whl/")
     backends = [name.removesuffix("-backend") for name in required if name.endswith("-backend")]
     if backends:
         from igcam_fast import ops

@@ -99,7 +99,8 @@ def _options(rows) -> list[str]:
                     "× floor", "rel. L2 vs converged", "peak MiB"], lines), "",
             "× floor: over the eager forward of the same path images in the same dtype and layout. "
             + (f"Converged map: {truth}, layer resolution, max over the images. " if truth else "")
-            + "'not available': the engine does not take that option in this version.", ""]
+            + "'not available': the engine does not take that option in this version; 'error': it failed here "
+            "(the reason is under Skipped).", ""]
 
 
 def _accuracy(rows) -> list[str]:

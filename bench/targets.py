@@ -16,6 +16,7 @@ from typing import Callable
 from igcam_fast import DEFAULT_STEPS
 
 _JUDGES = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+_DEVICE_NAMES = {"cuda": "GPU", "cpu": "CPU"}
 _UNITS = {"%": "{:.2%}", "x": "{:.3f}x", "ms": "{:.2f} ms", "share": "{:.0%}"}
 
 
@@ -106,9 +107,8 @@ def evaluate_targets(rows: list[dict], device_type: str, targets=TARGETS) -> lis
     out = []
     for t in targets:
         if t.device is not None and t.device != device_type:
-            names = {"cuda": "GPU", "cpu": "CPU"}
-            out.append(_verdict(t, t.name, [], f"{names[t.device]} target; this run is on "
-                                               f"{'a' if device_type == 'cuda' else 'the'} {names.get(device_type, device_type)}"))
+            here = "a GPU" if device_type == "cuda" else f"the {device_type.upper()}"
+            out.append(_verdict(t, t.name, [], f"{_DEVICE_NAMES[t.device]} target; this run is on {here}"))
             continue
         chosen = [r for r in rows if _matches(r, t.rows)]
         if t.per is None or not chosen:

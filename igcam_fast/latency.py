@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from igcam_fast import ops
-from igcam_fast.core.engine import DEFAULT_RULE, DEFAULT_STEPS, PRESETS, CamEngine, chunk_plan, default_batch_rows
+from igcam_fast.core.engine import DEFAULT_RULE, DEFAULT_STEPS, PRESETS, CamEngine
+from igcam_fast.core.engine import chunk_plan, default_batch_rows  # the floor runs the engine's chunks
 from igcam_fast.core.quadrature import canonical_rule, path_nodes
 from igcam_fast.timing import Provider, Stats
 

@@ -286,10 +286,9 @@ def environment(device: torch.device) -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
-    from igcam_fast import __version__
-
     return dict(device=name, device_type=device.type, loadavg_at_start=load, torch=torch.__version__,
-                triton=_version_of("triton"), torchvision=_version_of("torchvision"), igcam_fast=__version__,
+                triton=_version_of("triton"), torchvision=_version_of("torchvision"),
+                igcam_fast=_version_of("igcam_fast"),
                 python=platform.python_version(), threads=torch.get_num_threads(), cpus=os.cpu_count(),
                 git_sha=git_sha(), date=_dt.date.today().isoformat(),
                 time_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **extra)

@@ -3,7 +3,8 @@ execution option (TF32, autocast, channels_last, CUDA graph, torch.compile), eac
 forward-only floor of the same dtype and layout, each with its error against the converged map.
 
 An option the engine does not take (it raises TypeError for an unknown keyword) is recorded as a
-row "not available" rather than dropped, so the table says what this version of the engine lacks.
+row "not available", and one that fails here (CUDA graphs on a CPU, say) as a row "error" with
+its reason, rather than dropped, so the table says what this engine cannot do on this device.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def _group(p: Preset, device, rec: Recorder, m, model_name, batch, configs, x, t
         try:
             fn = with_tf32(engine_call(m.model, m.layer, x, targets, **common, **engine_opts), tf32_on)
             result = fn()
-        except Exception as err:
-            if _not_available(err):
-                rec.add("options", batch=batch, model=model_name, layer=m.layer, provider=label, role="option",
-                        m=DEFAULT_STEPS, rule=DEFAULT_RULE, backend="-", dtype=dtype_of(engine_opts),
-                        options=options_text(opts), status="not available", note=first_line(err))
-            else:
+        except Exception as err:  # a row all the same: the table shows what this engine cannot do here
+            rec.add("options", batch=batch, model=model_name, layer=m.layer, provider=label, role="option",
+                    m=DEFAULT_STEPS, rule=DEFAULT_RULE, backend="-", dtype=dtype_of(engine_opts),
+                    options=options_text(opts), status="not available" if _not_available(err) else "error",
+                    note=first_line(err))
+            if not _not_available(err):
                 rec.skip(f"{model_name} b={batch} option {label}", first_line(err))
             continue
         provs.append(Provider(label, fn))
@@ -99,6 +100,7 @@ def run(p: Preset, device, rec: Recorder, models: dict):
     usable, unusable = C.usable_backends(device)
     for name, why in unusable.items():
         rec.skip(f"backend {name!r}", why)
+    compile_later = []
     for model_name in p.options_models:
         m = load(find_case(p, model_name), device, rec, models, p.input_size)
         if m is None:
@@ -114,6 +116,9 @@ def run(p: Preset, device, rec: Recorder, models: dict):
                     rec.skip(f"{model_name} b={batch} converged map", first_line(err))
             configs = [(f"backend={b}", dict(backend=b)) for b in usable] + list(p.options)
             _group(p, device, rec, m, model_name, batch, configs, x, targets, truth)
-            if p.compile_options and batch == 1:  # compiling is slow: its own group, so a timeout loses only it
-                rec.log(f"[options] {model_name} batch {batch}: compile")
-                _group(p, device, rec, m, model_name, batch, list(p.compile_options), x, targets, truth)
+            if p.compile_options and batch == 1:
+                compile_later.append((m, model_name, batch, x, targets, truth))
+    # Compiling is slow: these groups come last, so that a run stopped during them keeps the rest.
+    for m, model_name, batch, x, targets, truth in compile_later:
+        rec.log(f"[options] {model_name} batch {batch}: compile")
+        _group(p, device, rec, m, model_name, batch, list(p.compile_options), x, targets, truth)

@@ -26,6 +26,7 @@ NAME = "bench"
 HELP = "time Integrated Grad-CAM against Grad-CAM and the forward-only floor"
 
 DTYPES = ("float32", "float16", "bfloat16")
+BUNDLED = ("efficientnet_lite0", "efficientnet-lite0")  # pretrained; other names are random torchvision weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "gradcam_minus_baseline; the default and paper settings are always timed")
     parser.add_argument("--steps", type=int, default=None, help="also time Integrated Grad-CAM with this many steps")
     parser.add_argument("--rule", default=None, help="the quadrature rule of --steps (default gausslegendre)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model body (the engine's compile=True), where the engine offers it")
+    parser.add_argument("--cuda-graph", choices=("on", "off"), default=None,
+                        help="replay each call as a CUDA graph, or not (the engine's cuda_graph=True/False; "
+                             "default: the engine's choice), where the engine offers it")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls of each setting (default 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each setting first (default 1)")
     parser.add_argument("--json", default=None, metavar="PATH",
@@ -54,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _device(text: str) -> torch.device:
     try:
         device = torch.device(text)
-    except (RuntimeError, ValueError) as err:
-        raise CommandError(f"--device {text!r} is not a device: use cpu, cuda or cuda:N ({err})") from None
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {text!r} is not a device: use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise CommandError(f"--device {text}: no NVIDIA GPU is visible to torch on this machine; use --device cpu")
@@ -102,6 +108,15 @@ def _inputs(spec, batch, size, device):
     return ((pixels - mean) / std).to(device)
 
 
+def _engine_options(args) -> dict:
+    options = {}
+    if args.compile:
+        options["compile"] = True
+    if args.cuda_graph is not None:
+        options["cuda_graph"] = args.cuda_graph == "on"
+    return options
+
+
 def _build(args, spec, model, x, settings, autocast):
     """The providers, each called once: a wrong layer or an unsupported dtype is a one-line error here."""
     from igcam_fast.latency import check_providers, close_providers, comparison_providers
@@ -114,8 +129,13 @@ def _build(args, spec, model, x, settings, autocast):
                                f"with --dtype {args.dtype}: {str(err).splitlines()[0]}") from None
     try:
         providers = comparison_providers(model, spec.layer, x, targets, settings, mean=spec.mean, std=spec.std,
-                                         autocast=autocast)
-    except (ValueError, TypeError) as err:
+                                         autocast=autocast, engine_options=_engine_options(args))
+    except TypeError as err:
+        if "keyword" in str(err) and _engine_options(args):
+            flags = " ".join(f"--{k.replace('_', '-')}" for k in _engine_options(args))
+            raise CommandError(f"{flags}: this version of the engine does not offer it ({err})") from None
+        raise CommandError(f"--layer {spec.layer!r}: {err}") from None
+    except ValueError as err:
         raise CommandError(f"--layer {spec.layer!r}: {err}") from None
     try:
         check_providers(providers)
@@ -170,14 +190,17 @@ def run(args) -> dict:
     settings_used = dict(model=args.model, weights=args.weights, layer=spec.layer, device=str(device), dtype=args.dtype,
                          batch=args.batch, input_size=size, presets=args.preset, steps=args.steps, rule=args.rule,
                          repeats=args.repeats, warmup=args.warmup, mean=list(spec.mean), std=list(spec.std),
+                         engine_options=_engine_options(args),
                          channels_last=True, interleaved=True,
                          timer="CUDA events" if device.type == "cuda" else "time.perf_counter")
     payload = dict(environment=env, settings=settings_used, paper=PAPER, rows=rows)
     path = Path(args.json or f"igcam-bench-{'cpu' if device.type == 'cpu' else 'cuda'}-{_slug(args.model)}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=str))
-    print(f"{args.model} at layer {spec.layer} on {env['device']} ({device}), {args.dtype}, batch {args.batch}, "
-          f"{size}×{size}; median of {args.repeats} interleaved calls each (torch {env['torch']})")
+    random_weights = args.weights is None and ":" not in args.model and args.model not in BUNDLED
+    print(f"{args.model} at layer {spec.layer}{' (random weights: right for timing only)' if random_weights else ''} "
+          f"on {env['device']} ({device}), {args.dtype}, batch {args.batch}, {size}×{size}; "
+          f"median of {args.repeats} interleaved calls each (torch {env['torch']})")
     print(_table(rows))
     gc = next((r for r in rows if r["role"] == "gradcam"), None)
     paper = next((r for r in rows if r["role"] == "igcam_paper"), None)

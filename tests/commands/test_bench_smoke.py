@@ -2,11 +2,14 @@
 sections, and the targets table (met / not met follow from the numbers; no timing is asserted)."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from bench import gpu_preflight, gpu_summary
 from bench.common import REQUIRED_FIELDS
 from bench.presets import ModelCase, Preset, dry_version, preset
 from bench.run import run_suite, write_results
@@ -156,13 +159,28 @@ def test_suite_runs_and_rows_have_required_fields(tmp_path):
     measured = [r for r in options if r["status"] == "measured"]
     assert measured and all(0 <= r["rel_l2_vs_converged"] < 0.05 for r in measured)
     graph = [r for r in options if r["provider"].startswith("CUDA graph")]
-    assert len(graph) == 1 and graph[0]["status"] in ("measured", "not available")  # "not available": no such option
+    # "not available": the engine has no such option; "error": it refuses it on the CPU
+    assert len(graph) == 1 and graph[0]["status"] in ("measured", "not available", "error")
     acc = [r for r in payload["rows"] if r["role"] == "accuracy_default"]
     assert len(acc) == 1 and len(acc[0]["rel_l2_layer"]) == 2
     names = {t["target"] for t in payload["targets"]}
     assert {"a", "b", "c1", "c2", "d1", "d2", "d3"} <= names
     assert mpath.read_text().startswith("# igcam_fast benchmark")
     assert "## Targets" in md and "quoted, not measured here" in md
+    text = gpu_summary.summary(tmp_path)  # what gpu_check.sh writes after each part
+    assert text.startswith("# Benchmark summary") and "| tiny | 1 |" in text and "| tiny | 2 |" in text
+    assert "54.8 ms" in text and "| b " in text
+
+
+def test_gpu_check_script_parses_and_preflight_names_what_is_missing(monkeypatch):
+    script = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "tests|bench" in usage.stderr
+    assert gpu_preflight.problems(torch.device("cpu"), ["cuda-backend"]) == []  # the cpu stand-in, for --dry
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (missing,) = gpu_preflight.problems(torch.device("cuda"), ["triton", "cuda-backend"])
+    assert "no CUDA device" in missing
 
 
 def test_presets_are_data_and_shrink_for_a_dry_run():
