@@ -203,6 +203,9 @@ def measure_safely(rec: Recorder, providers, device, repeats, warmup) -> dict[st
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """Per map ‖a − b‖ / ‖b‖ over the leading dimension, in float64."""
+    """Per map ‖a − b‖ / ‖b‖ over the leading dimension, in float64; NaN where the truth b is an
+    all-zero map (a relative error means nothing there, and 0/0 must not read as "exact")."""
     a, b = a.double().flatten(1), b.double().flatten(1)
-    return ((a - b).norm(dim=1) / b.norm(dim=1).clamp(min=1e-300)).tolist()
+    norm = b.norm(dim=1)
+    err = (a - b).norm(dim=1) / norm.clamp(min=1e-300)
+    return torch.where(norm > 0, err, torch.full_like(err, float("nan"))).tolist()

@@ -18,7 +18,7 @@ from .targets import evaluate_targets
 
 
 def _f(v, fmt="{:.2f}"):
-    return "-" if v is None else fmt.format(v)
+    return "-" if v is None or v != v else fmt.format(v)  # v != v: NaN
 
 
 def load_rows(folder: Path) -> tuple[list[dict], list[dict], str]:
@@ -44,10 +44,11 @@ def summary(folder: Path) -> str:
     env = envs[0]
     md = [f"# Benchmark summary — {env['device']} — {env['date']}", "",
           f"torch {env['torch']}, triton {env.get('triton')}, CUDA {env.get('cuda')}, git {env.get('git_sha')}; "
-          f"from {', '.join(e['file'] for e in envs)}.", "",
-          "| model | B | Grad-CAM ms | IG-CAM default ms | × Grad-CAM | floor ms (m) | × floor | paper setting ms | "
-          "× Grad-CAM |", "|---|---|---|---|---|---|---|---|---|"]
+          f"from {', '.join(e['file'] for e in envs)}.", ""]
     groups = sorted({(r["model"], r["batch"]) for r in find_rows(rows, section="models")}, key=str)
+    if groups:
+        md += ["| model | B | Grad-CAM ms | IG-CAM default ms | × Grad-CAM | floor ms (m) | × floor | paper setting ms | "
+               "× Grad-CAM |", "|---|---|---|---|---|---|---|---|---|"]
     for model, batch in groups:
         by_role = {r["role"]: r for r in find_rows(rows, section="models", model=model, batch=batch)}
         gc, ig, fl, pp = (by_role.get(k, {}) for k in ("gradcam", "igcam_default", "floor_default", "igcam_paper"))
@@ -58,16 +59,18 @@ def summary(folder: Path) -> str:
                f"Integrated Grad-CAM {PAPER['igcam_ms']} ms, {PAPER['ratio']}×. Quoted, not measured here.", ""]
     options = find_rows(rows, section="options", role="option")
     if options:
-        md += ["| model | B | option | status | ms | × floor | rel. L2 vs converged |", "|---|---|---|---|---|---|---|"]
+        md += ["| model | B | option | status | ms | × floor | rel. L2 vs converged | signed maps |",
+               "|---|---|---|---|---|---|---|---|"]
         md += [f"| {r['model']} | {r['batch']} | {r['provider']} | {r.get('status') or 'measured'} | "
-               f"{_f(r.get('median_ms'))} | {_f(r.get('x_floor'), '{:.3f}')} | {_f(r.get('rel_l2_vs_converged'), '{:.2%}')} |"
+               f"{_f(r.get('median_ms'))} | {_f(r.get('x_floor'), '{:.3f}')} | {_f(r.get('rel_l2_vs_converged'), '{:.2%}')} | "
+               f"{_f(r.get('rel_l2_signed_vs_converged'), '{:.2%}')} |"
                for r in options]
         md.append("")
     kernels = find_rows(rows, section="kernels", role="kernel")
     if kernels:
         md += ["| op | shape | backend | ms | GB/s | copy GB/s | % of copy | × torch |", "|---|---|---|---|---|---|---|---|"]
-        md += [f"| {r['op']} | {r['shape']} | {r['backend']} | {_f(r['median_ms'], '{:.4f}')} | {_f(r['gbps'], '{:.0f}')} | "
-               f"{_f(r.get('copy_gbps_same_bytes'), '{:.0f}')} | {_f(r.get('share_of_copy'), '{:.0%}')} | "
+        md += [f"| {r['op']} | {r['shape']} | {r['backend']} | {_f(r['median_ms'], '{:.4f}')} | {_f(r['gbps'], '{:.1f}')} | "
+               f"{_f(r.get('copy_gbps_same_bytes'), '{:.1f}')} | {_f(r.get('share_of_copy'), '{:.0%}')} | "
                f"{_f(r.get('speedup_vs_torch'))} |" for r in kernels]
         md.append("")
     verdict = {True: "met", False: "NOT MET", None: "not measured"}

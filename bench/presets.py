@@ -174,15 +174,17 @@ __all__ = ["ModelCase", "MODELS", "Preset", "PRESETS", "preset", "ACCURACY_CONFI
 
 
 def dry_version(p: Preset) -> Preset:
-    """The same preset shrunk to check its logic on a CPU in a minute or two (``--dry``): 64×64
-    inputs, batches 1 and 2, one repeat, few accuracy configurations, small kernel shapes. The
-    numbers mean nothing; what runs, and what is recorded, is the preset's."""
+    """The same preset shrunk to check its logic on a CPU in a few minutes (``--dry``): 64×64
+    inputs, batches 1 and 2, one repeat, the paper's setting and the comparators at m = 8 (the
+    slow comparators on the first model only), few accuracy configurations, small kernel shapes.
+    The numbers mean nothing; what runs, and what is recorded, is the preset's."""
     import dataclasses
 
     small_shapes = dict(path_images=[(1, 4, 3, 16, 16), (16, 4, 3, 16, 16)], combine=[(16, 32, 3, 3), (256, 32, 3, 3)],
                         upsample=[(1, 3, 3, 16, 16), (16, 3, 3, 16, 16)])
     return dataclasses.replace(
         p, name=p.name + "-dry", batches=sorted({min(b, 2) for b in p.batches}), repeats=1, warmup=0, slow_repeats=1,
+        paper_steps=8, comparator_models=[m.name for m in p.models[:1]],
         slow_warmup=0, throughput_repeats=1, reference_steps={k: 2 for k in p.reference_steps},
         option_batches=sorted({min(b, 2) for b in p.option_batches}),
         options_error_steps=8 if p.options_error_steps else None, accuracy_configs=p.accuracy_configs[:3],

@@ -91,14 +91,17 @@ def _options(rows) -> list[str]:
         return []
     lines = [[r["model"], r["batch"], r["provider"], r["backend"], r["dtype"], r["options"],
               r.get("status") or "measured", _f(r["median_ms"]), _f(r["iqr_ms"]), _f(r["images_per_s"], "{:.2f}"),
-              _f(r.get("x_floor"), "{:.3f}"), _f(r.get("rel_l2_vs_converged"), "{:.2%}"), _f(r["peak_mem_mb"], "{:.0f}")]
+              _f(r.get("x_floor"), "{:.3f}"), _f(r.get("rel_l2_vs_converged"), "{:.2%}"),
+              _f(r.get("rel_l2_signed_vs_converged"), "{:.2%}"), _f(r["peak_mem_mb"], "{:.0f}")]
              for r in orows]
     truth = next((r["converged"] for r in orows if r.get("converged")), None)
     return [f"## Backends and dtype/layout/execution options (default GL {DEFAULT_STEPS})", "",
             _table(["model", "B", "option", "backend", "dtype", "options", "status", "median ms", "IQR ms", "images/s",
-                    "× floor", "rel. L2 vs converged", "peak MiB"], lines), "",
+                    "× floor", "rel. L2 vs converged", "signed maps: rel. L2", "peak MiB"], lines), "",
             "× floor: over the eager forward of the same path images in the same dtype and layout. "
-            + (f"Converged map: {truth}, layer resolution, max over the images. " if truth else "")
+            + (f"Converged map: {truth}, layer resolution, max over the images; '-' where it is all zeros "
+               "(random weights often give that after the ReLU); 'signed maps': the same before the ReLU. "
+               if truth else "")
             + "'not available': the engine does not take that option in this version; 'error': it failed here "
             "(the reason is under Skipped).", ""]
 

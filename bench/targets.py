@@ -95,7 +95,7 @@ def _verdict(t: Target, name: str, rows: list[dict], note: str = "") -> dict:
             values.append((", ".join(f"{k}={r.get(k)}" for k in t.label), v))
     if not values:
         return dict(target=name, description=t.description, measured=None, threshold=threshold, met=None,
-                    note=note or "not measured")
+                    note=note or "no row measured")
     worst = (max if t.judge in ("<=", "<") else min)(v for _, v in values)
     measured = "; ".join(f"{k}: {_UNITS[t.unit].format(v)}" for k, v in values)
     return dict(target=name, description=t.description, measured=measured, threshold=threshold,

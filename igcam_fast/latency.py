@@ -155,10 +155,14 @@ def comparison_providers(model: nn.Module, layer, x: torch.Tensor, targets, sett
     engine_options = dict(engine_options or {})
     common = dict(mean=mean, std=std, autocast=autocast, channels_last=channels_last, batch_rows=batch_rows)
     providers, floor_names = [], {}
-    for s in settings:
-        fn = engine_call(model, layer, x, targets, **s.options, **common, **engine_options)
-        providers.append(Provider(label_prefix + s.label, fn, meta=dict(role=s.role, kind="method", m=s.steps,
-                                                                        rule=s.rule)))
+    try:
+        for s in settings:
+            fn = engine_call(model, layer, x, targets, **s.options, **common, **engine_options)
+            providers.append(Provider(label_prefix + s.label, fn, meta=dict(role=s.role, kind="method", m=s.steps,
+                                                                            rule=s.rule)))
+    except Exception:
+        close_providers(providers)  # the hooks of the engines built before the one that failed
+        raise
     if floors:
         for s, method in zip(settings, list(providers)):
             if floors is not True and s.role not in floors:

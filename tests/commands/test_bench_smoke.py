@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bench import gpu_preflight, gpu_summary
-from bench.common import REQUIRED_FIELDS
+from bench.common import REQUIRED_FIELDS, rel_l2
 from bench.presets import ModelCase, Preset, dry_version, preset
 from bench.run import run_suite, write_results
 from bench.targets import Target, evaluate_targets
@@ -158,6 +158,7 @@ def test_suite_runs_and_rows_have_required_fields(tmp_path):
     options = [r for r in payload["rows"] if r["section"] == "options" and r["role"] == "option"]
     measured = [r for r in options if r["status"] == "measured"]
     assert measured and all(0 <= r["rel_l2_vs_converged"] < 0.05 for r in measured)
+    assert all(0 <= r["rel_l2_signed_vs_converged"] < 0.05 for r in measured)
     graph = [r for r in options if r["provider"].startswith("CUDA graph")]
     # "not available": the engine has no such option; "error": it refuses it on the CPU
     assert len(graph) == 1 and graph[0]["status"] in ("measured", "not available", "error")
@@ -252,6 +253,15 @@ def test_gpu_verdicts_follow_the_numbers():
     slow = [dict(rows[0], median_ms=2.5, x_ours_gradcam=1.6)]
     verdicts = {t["target"]: t["met"] for t in evaluate_targets(slow, "cuda")}
     assert verdicts["d1"] is False and verdicts["d2"] is False and verdicts["d3"] is None
+
+
+def test_relative_error_of_an_all_zero_truth_is_nan_not_zero():
+    truth = torch.zeros(2, 3, 3)
+    truth[1, 0, 0] = 2.0
+    got = torch.zeros(2, 3, 3)
+    got[1, 0, 0] = 1.0
+    zero, half = rel_l2(got, truth)
+    assert zero != zero and half == pytest.approx(0.5)
 
 
 def test_one_target_judges_the_worst_row():
