@@ -9,8 +9,11 @@ engine_call and forward_floor, the providers ``igcam-fast bench`` times):
     pgc_composed       pytorch-grad-cam's GradCAM on the stacked path images, averaged
     pgc_gradcam        pytorch-grad-cam's GradCAM on the images (the one-step cost)
 
-Every builder returns a callable; construction (hooks, path tensors for the floor, cached baseline
-features for the project) happens outside the timed region.
+    captum_composed    captum's LayerGradCam on the stacked path images, summed
+    pgc_adapter_gradcam  our pytorch-grad-cam adapter, the same call as upstream
+
+Every builder returns a callable; construction (hooks, explainers, frozen inputs) happens outside
+the timed region. usable_backends / backend_reasons say which fused-op backends can run here.
 """
 
 from __future__ import annotations
