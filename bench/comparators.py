@@ -1,7 +1,7 @@
-"""The things timed against each other, each as a zero-argument callable on fixed inputs.
+"""The other libraries and procedures timed against ours, each as a zero-argument callable on
+fixed inputs (our own engine and the forward-only floor are igcam_fast.latency's
+engine_call and forward_floor, the providers ``igcam-fast bench`` times):
 
-    forward_floor      plain inference forward of the same B·m path images (the physical limit)
-    project            igcam_fast.CamEngine with a backend and options
     reference          igcam_fast.core.reference.reference_integrated_gradcam (slow, loop per step)
     authors_procedure  the authors' demo re-implemented: host-side Python loop for the path, one
                        batched forward + backward with a TorchRay-style probe and frozen
@@ -9,88 +9,41 @@
     pgc_composed       pytorch-grad-cam's GradCAM on the stacked path images, averaged
     pgc_gradcam        pytorch-grad-cam's GradCAM on the images (the one-step cost)
 
-Every builder returns a callable; construction (hooks, path tensors for the floor, cached baseline
-features for the project) happens outside the timed region.
+    captum_composed    captum's LayerGradCam on the stacked path images, summed
+    pgc_adapter_gradcam  our pytorch-grad-cam adapter, the same call as upstream
+
+Every builder returns a callable; construction (hooks, explainers, frozen inputs) happens outside
+the timed region. usable_backends / backend_reasons say which fused-op backends can run here.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-import igcam_fast
 from igcam_fast import ops
-from igcam_fast.core.engine import CamEngine, chunk_plan, default_batch_rows, resolve_layer
 from igcam_fast.core.quadrature import path_nodes
 from igcam_fast.core.reference import reference_integrated_gradcam
+from igcam_fast.latency import black_image
 
 
-def black_image(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """(C, H, W) black pixels in model-input space, the engine's default baseline."""
-    mean = torch.as_tensor(mean, dtype=torch.float64)
-    std = torch.as_tensor(std, dtype=torch.float64)
-    return ((0 - mean) / std).to(x.device, x.dtype)[:, None, None].expand(x.shape[1:]).contiguous()
+def _module(model: nn.Module, layer: str) -> nn.Module:
+    """The module named ``layer`` (a dotted name) in model."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"layer {layer!r} is not a module of the model")
+    return modules[layer]
 
 
-def autocast_context(device: torch.device, dtype):
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-# ---- 1. forward-only floor ------------------------------------------------------------------------
-
-
-def forward_floor(model: nn.Module, x: torch.Tensor, m: int, *, rule="gausslegendre", mean=None, std=None,
-                  autocast=None, channels_last=True, batch_rows=None):
-    """Inference forward of the B·m path images the engine would build, in the engine's chunks.
-
-    Same dtype (autocast), same layout, same chunking; the path images exist before the clock
-    starts, so this is the cost of the network alone.
-    """
-    device = x.device
-    alphas, _ = path_nodes(rule, m)
-    base = black_image(x, mean, std)
-    path = ops.path_images(x, base, alphas.to(device, torch.float32), dtype=autocast or x.dtype,
-                           channels_last=channels_last, backend="torch")
-    rows = batch_rows or default_batch_rows(device)
-    # Row b·m + t of the path batch; the engine's pieces are (images, steps) blocks of it.
-    pieces = [path.view(x.shape[0], m, *path.shape[1:])[images, steps].flatten(0, 1)
-              for images, steps in chunk_plan(x.shape[0], m, rows)]
-
-    def run():
-        with torch.inference_mode(), autocast_context(device, autocast):
-            for piece in pieces:
-                model(piece)
-
-    return run
-
-
-# ---- 5. the project -------------------------------------------------------------------------------
-
-
-def project(model: nn.Module, layer: str, x: torch.Tensor, targets, *, method="igcam", mean=None, std=None,
-            **options):
-    """CamEngine(model, layer, method, **options).explain(x, targets) with the baseline cached."""
-    engine = CamEngine(model, layer, method=method, mean=mean, std=std, **options)
-    targets = torch.as_tensor(targets, dtype=torch.int64)
-
-    def run():
-        return engine.explain(x, targets)
-
-    run.engine = engine
-    return run
-
-
-# ---- 2. the float64-capable reference ---------------------------------------------------------------
+# ---- the float64-capable reference ---------------------------------------------------------------
 
 
 def reference(model: nn.Module, layer: str, x: torch.Tensor, targets, *, steps=8, rule="right", mean=None,
               std=None):
     """reference_integrated_gradcam in the model's dtype: one image, one path point per pass."""
-    _, module = resolve_layer(model, layer)
+    module = _module(model, layer)
     base = black_image(x, mean, std)
     targets = [int(t) for t in targets]
 
@@ -103,7 +56,7 @@ def reference(model: nn.Module, layer: str, x: torch.Tensor, targets, *, steps=8
     return run
 
 
-# ---- 3. the authors' demo procedure ------------------------------------------------------------------
+# ---- the authors' demo procedure ------------------------------------------------------------------
 
 
 class _Probe:
@@ -141,7 +94,7 @@ def authors_procedure(model: nn.Module, layer: str, x: torch.Tensor, targets, *,
     images with the parameters frozen and a probe on the layer, the Grad-CAM map of each row,
     numpy sum over the rows and a host-side bilinear resize.
     """
-    _, module = resolve_layer(model, layer)
+    module = _module(model, layer)
     device = x.device
     H, W = x.shape[-2:]
     x_host = x.detach().cpu()
@@ -179,7 +132,7 @@ def authors_procedure(model: nn.Module, layer: str, x: torch.Tensor, targets, *,
     return run
 
 
-# ---- 4. pytorch-grad-cam ----------------------------------------------------------------------------
+# ---- pytorch-grad-cam and captum ----------------------------------------------------------------------------
 
 
 def stacked_path(x, base, alphas):
@@ -207,7 +160,7 @@ def pgc_composed(model: nn.Module, layer: str, x: torch.Tensor, targets, *, step
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    _, module = resolve_layer(model, layer)
+    module = _module(model, layer)
     alphas, weights = path_nodes(rule, steps)
     base = black_image(x, mean, std)
     B = x.shape[0]
@@ -238,7 +191,7 @@ def captum_composed(model: nn.Module, layer: str, x: torch.Tensor, targets, *, s
     call, gradients w.r.t. the layer only), ReLU per path point, weighted sum over the steps."""
     from captum.attr import LayerGradCam
 
-    _, module = resolve_layer(model, layer)
+    module = _module(model, layer)
     alphas, weights = path_nodes(rule, steps)
     base = black_image(x, mean, std)
     B = x.shape[0]
@@ -259,7 +212,7 @@ def pgc_adapter_gradcam(model: nn.Module, layer: str, x: torch.Tensor, targets):
 
     from igcam_fast.compat.pytorch_grad_cam import GradCAM
 
-    _, module = resolve_layer(model, layer)
+    module = _module(model, layer)
     cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
     cam = GradCAM(model, [module])
 
@@ -274,7 +227,7 @@ def pgc_gradcam(model: nn.Module, layer: str, x: torch.Tensor, targets):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    _, module = resolve_layer(model, layer)
+    module = _module(model, layer)
     cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
 
     def run():
@@ -311,6 +264,5 @@ def usable_backends(device: torch.device, dtype=torch.float32, names=None) -> tu
     return usable, skipped
 
 
-__all__ = ["forward_floor", "project", "reference", "authors_procedure", "pgc_composed", "pgc_gradcam",
-           "pgc_available", "captum_available", "captum_composed", "pgc_adapter_gradcam", "usable_backends", "backend_reasons", "black_image",
-           "igcam_fast"]
+__all__ = ["reference", "authors_procedure", "pgc_composed", "pgc_gradcam", "pgc_available", "captum_available",
+           "captum_composed", "pgc_adapter_gradcam", "usable_backends", "backend_reasons", "stacked_path"]

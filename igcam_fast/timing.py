@@ -1,15 +1,19 @@
-"""Timing, peak memory and the description of the machine that every benchmark row carries.
+"""Timing primitives shared by ``igcam-fast bench`` and the repository's benchmark suite (bench/):
+interleaved repeats, medians and inter-quartile ranges, device synchronisation, CUDA-event and
+``triton.testing.do_bench`` timing, peak memory, and the description of the machine that every
+result carries.
 
-Timing rules (see STYLE.md): on the CPU ``time.perf_counter`` around the call; on a GPU CUDA
-events around the call and a synchronisation before reading them, never a bare host clock.
-Providers of one comparison are interleaved (round-robin, the order rotated every round) so that
-drift of the machine (other processes, clocks) spreads over all of them; the median is reported
+Timing rules: on the CPU ``time.perf_counter`` around the call; on a GPU CUDA events around the
+call and a synchronisation before reading them, never a bare host clock. Providers of one
+comparison are interleaved (round-robin, the order rotated every round) so that drift of the
+machine (other processes, clocks, thermal state) spreads over all of them; the median is reported
 with the inter-quartile range.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import os
 import platform
 import resource
@@ -22,7 +26,8 @@ from typing import Callable
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+#: The folder above the package: a git checkout when igcam_fast runs from its repository.
+_CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -170,16 +175,20 @@ class PeakMemory:
 
 
 def measure(providers: list[Provider], device: torch.device, *, repeats: int, warmup: int = 1,
-            memory: bool = True, log=None) -> dict[str, Stats]:
+            memory: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Stats]:
     """Time every provider ``repeats`` times, round-robin, after ``warmup`` untimed calls each.
 
     The first timed call of each provider also records its peak memory (outside the timed
     region on the GPU; on the CPU reading /proc costs microseconds against calls of milliseconds).
+    ``progress(name)`` is called after every call, warm-up included (:func:`count_calls` says how
+    many there will be), so that a caller can show a progress bar.
     """
     device = torch.device(device)
+    tick = progress or (lambda name: None)
     for p in providers:
         for _ in range(p.warmup if p.warmup is not None else warmup):
             p.fn()
+            tick(p.name)
     synchronize(device)
     samples: dict[str, list[float]] = {p.name: [] for p in providers}
     mem: dict[str, tuple[float | None, str]] = {}
@@ -196,9 +205,13 @@ def measure(providers: list[Provider], device: torch.device, *, repeats: int, wa
             else:
                 ms = time_call(p.fn, device)
             samples[p.name].append(ms)
-            if log:
-                log(f"    {p.name}: {ms:.1f} ms")
+            tick(p.name)
     return {p.name: Stats(samples[p.name], *mem.get(p.name, (None, ""))) for p in providers}
+
+
+def count_calls(providers: list[Provider], *, repeats: int, warmup: int = 1) -> int:
+    """How many calls :func:`measure` makes with these arguments (warm-up included)."""
+    return sum((p.warmup if p.warmup is not None else warmup) + (p.repeats or repeats) for p in providers)
 
 
 def do_bench_ms(fn, device: torch.device, *, rep_ms: int = 100, repeats: int = 20) -> Stats:
@@ -223,15 +236,18 @@ def do_bench_ms(fn, device: torch.device, *, rep_ms: int = 100, repeats: int = 2
 # ---- the machine --------------------------------------------------------------------------------
 
 
-def git_sha() -> str:
+def git_sha() -> str | None:
+    """The commit igcam_fast runs from (``+dirty`` with uncommitted changes), None outside a checkout."""
+    if not (_CHECKOUT / ".git").exists():  # an installed package: no repository to ask
+        return None
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=_CHECKOUT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=_CHECKOUT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+        return (sha + ("+dirty" if dirty else "")) if sha else None
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
 
 
 def cpu_name() -> str:
@@ -245,21 +261,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device) -> dict:
-    """What every row names: device, versions, threads, git sha."""
-    device = torch.device(device)
+def _version_of(distribution: str) -> str | None:
+    """An installed package's version without importing it (importing triton would fix its
+    interpreter mode for the rest of the process)."""
     try:
-        import triton
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
+
+def environment(device: torch.device) -> dict:
+    """What every result names: the device, the versions, threads, the git sha, the date."""
+    device = torch.device(device)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         name = props.name
-        extra = dict(gpu_memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                     cudnn=torch.backends.cudnn.version(), tf32_conv=torch.backends.cudnn.allow_tf32,
-                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        extra = dict(gpu_memory_gb=round(props.total_memory / 2**30, 1), capability="%d.%d" % (props.major, props.minor),
+                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                     tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
     else:
         name = cpu_name()
         extra = {}
@@ -267,9 +286,12 @@ def environment(device: torch.device) -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
-    return dict(device=name, device_type=device.type, loadavg_at_start=load, torch=torch.__version__, triton=triton_version,
+    return dict(device=name, device_type=device.type, loadavg_at_start=load, torch=torch.__version__,
+                triton=_version_of("triton"), torchvision=_version_of("torchvision"),
+                igcam_fast=_version_of("igcam_fast"),
                 python=platform.python_version(), threads=torch.get_num_threads(), cpus=os.cpu_count(),
-                git_sha=git_sha(), date=_dt.date.today().isoformat(), **extra)
+                git_sha=git_sha(), date=_dt.date.today().isoformat(),
+                time_utc=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **extra)
 
 
 def device_slug(env: dict) -> str:
