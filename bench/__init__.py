@@ -1,6 +1,6 @@
 """The repository's benchmark suite of igcam_fast: cost over Grad-CAM and the forward-only floor,
 images per second, the comparators, accuracy per cost, where the time goes, the kernels, and the
-targets judged from the numbers. Built on igcam_fast.timing and igcam_fast.latency, the same
+targets judged from the numbers. Built on igcam_fast.benchmarking.timing and igcam_fast.benchmarking.latency, the same
 primitives and providers as the installed ``igcam-fast bench`` command.
 
     python -m bench.run --preset quick|full|gpu [--out bench/results] [--dry]

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from igcam_fast.latency import stats_fields
-from igcam_fast.timing import Stats, measure
+from igcam_fast.benchmarking.latency import stats_fields
+from igcam_fast.benchmarking.timing import Stats, measure
 
 from .presets import MODELS, ModelCase, Preset
 

@@ -1,5 +1,5 @@
 """The other libraries and procedures timed against ours, each as a zero-argument callable on
-fixed inputs (our own engine and the forward-only floor are igcam_fast.latency's
+fixed inputs (our own engine and the forward-only floor are igcam_fast.benchmarking.latency's
 engine_call and forward_floor, the providers ``igcam-fast bench`` times):
 
     reference          igcam_fast.core.reference.reference_integrated_gradcam (slow, loop per step)
@@ -26,7 +26,7 @@ from torch import nn
 from igcam_fast import ops
 from igcam_fast.core.quadrature import path_nodes
 from igcam_fast.core.reference import reference_integrated_gradcam
-from igcam_fast.latency import black_image
+from igcam_fast.benchmarking.latency import black_image
 
 
 def _module(model: nn.Module, layer: str) -> nn.Module:

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from igcam_fast.latency import PAPER
+from igcam_fast.benchmarking.latency import PAPER
 
 from .report import find_rows
 from .targets import evaluate_targets

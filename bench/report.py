@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from igcam_fast import DEFAULT_STEPS
-from igcam_fast.latency import PAPER
+from igcam_fast.benchmarking.latency import PAPER
 
 from .presets import Preset
 from .sections.breakdown import RANGES

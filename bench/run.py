@@ -12,7 +12,7 @@ stopped keeps what it measured — and prints the markdown at the end.
 
 The presets are in presets.py, one module per section in sections/, the targets in targets.py,
 the report in report.py; the timing primitives and the project's own providers (Grad-CAM,
-Integrated Grad-CAM, the forward-only floor) are igcam_fast.timing and igcam_fast.latency, the
+Integrated Grad-CAM, the forward-only floor) are igcam_fast.benchmarking.timing and igcam_fast.benchmarking.latency, the
 ones ``igcam-fast bench`` uses.
 """
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from igcam_fast.latency import PAPER
-from igcam_fast.timing import device_slug, environment
+from igcam_fast.benchmarking.latency import PAPER
+from igcam_fast.benchmarking.timing import device_slug, environment
 
 from .common import Recorder
 from .presets import PRESETS, Preset, dry_version, preset

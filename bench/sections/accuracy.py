@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from igcam_fast import DEFAULT_RULE, DEFAULT_STEPS, CamEngine, ops
-from igcam_fast.latency import close_providers, engine_call
-from igcam_fast.timing import Provider
+from igcam_fast.benchmarking.latency import close_providers, engine_call
+from igcam_fast.benchmarking.timing import Provider
 
 from ..common import Recorder, dtype_of, first_line, load, measure_safely, options_text, photo_inputs, rel_l2
 from ..presets import Preset

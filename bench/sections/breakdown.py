@@ -9,8 +9,8 @@ import contextlib
 import io
 
 from igcam_fast import DEFAULT_RULE, DEFAULT_STEPS
-from igcam_fast.latency import engine_call
-from igcam_fast.timing import PeakMemory, time_call
+from igcam_fast.benchmarking.latency import engine_call
+from igcam_fast.benchmarking.timing import PeakMemory, time_call
 
 from ..common import Recorder, find_case, first_line, load, options_text, timing_inputs
 from ..presets import Preset

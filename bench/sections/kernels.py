@@ -5,7 +5,7 @@ copy), with the speed-up over the eager ``torch`` backend.
 
 from __future__ import annotations
 
-from igcam_fast.timing import do_bench_ms
+from igcam_fast.benchmarking.timing import do_bench_ms
 
 from .. import comparators as C
 from ..common import Recorder, first_line

@@ -2,7 +2,7 @@
 floor, images per second, and the comparators (the authors' procedure, pytorch-grad-cam, captum,
 the reference), all timed interleaved in one group per model and batch.
 
-The project's own rows come from igcam_fast.latency — the same providers ``igcam-fast bench``
+The project's own rows come from igcam_fast.benchmarking.latency — the same providers ``igcam-fast bench``
 times — and the comparators are added to the same group.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from igcam_fast import DEFAULT_STEPS
-from igcam_fast.latency import (GRADCAM, add_ratios, check_providers, close_providers, comparison_providers,
+from igcam_fast.benchmarking.latency import (GRADCAM, add_ratios, check_providers, close_providers, comparison_providers,
                                 forward_floor, preset_setting)
-from igcam_fast.timing import Provider
+from igcam_fast.benchmarking.timing import Provider
 
 from .. import comparators as C
 from ..common import Recorder, load, measure_safely, options_text, timing_inputs, try_provider

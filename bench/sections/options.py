@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from igcam_fast import DEFAULT_RULE, DEFAULT_STEPS
-from igcam_fast.latency import close_providers, engine_call, forward_floor
-from igcam_fast.timing import Provider
+from igcam_fast.benchmarking.latency import close_providers, engine_call, forward_floor
+from igcam_fast.benchmarking.timing import Provider
 
 from .. import comparators as C
 from ..common import (Recorder, dtype_of, find_case, first_line, load, measure_safely, options_text, rel_l2, split_tf32,

@@ -80,7 +80,7 @@ def _check_numbers(args) -> None:
 
 
 def _settings(args):
-    from igcam_fast.latency import comparison_settings
+    from igcam_fast.benchmarking.latency import comparison_settings
 
     try:
         return comparison_settings(args.preset, steps=args.steps, rule=args.rule)
@@ -119,7 +119,7 @@ def _engine_options(args) -> dict:
 
 def _build(args, spec, model, x, settings, autocast):
     """The providers, each called once: a wrong layer or an unsupported dtype is a one-line error here."""
-    from igcam_fast.latency import check_providers, close_providers, comparison_providers
+    from igcam_fast.benchmarking.latency import check_providers, close_providers, comparison_providers
 
     with torch.no_grad(), torch.autocast(device_type=x.device.type, dtype=autocast, enabled=autocast is not None):
         try:
@@ -166,8 +166,8 @@ def run(args) -> dict:
     """Time, print the table, write the JSON; returns the JSON's content."""
     from tqdm import tqdm
 
-    from igcam_fast.latency import AUTOCAST_DTYPES, PAPER, close_providers, comparison_rows
-    from igcam_fast.timing import count_calls, environment, measure
+    from igcam_fast.benchmarking.latency import AUTOCAST_DTYPES, PAPER, close_providers, comparison_rows
+    from igcam_fast.benchmarking.timing import count_calls, environment, measure
 
     _check_numbers(args)
     device = _device(args.device)

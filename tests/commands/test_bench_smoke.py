@@ -16,7 +16,7 @@ from bench.run import run_suite, write_results
 from bench.targets import Target, evaluate_targets
 from igcam_fast import DEFAULT_STEPS
 from igcam_fast.commands import CommandError, cli
-from igcam_fast.latency import ROW_FIELDS, add_ratios
+from igcam_fast.benchmarking.latency import ROW_FIELDS, add_ratios
 
 # ---- the command ---------------------------------------------------------------------------------
 

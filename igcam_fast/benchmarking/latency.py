@@ -1,6 +1,6 @@
 """What Integrated Grad-CAM costs on a model: Grad-CAM, Integrated Grad-CAM settings and the
 forward-only floor of the same path images, built as zero-argument callables on fixed inputs and
-timed interleaved (:mod:`igcam_fast.timing`), with their ratios.
+timed interleaved (:mod:`igcam_fast.benchmarking.timing`), with their ratios.
 
     settings = comparison_settings(["accurate"])              # Grad-CAM, default, paper, accurate
     providers = comparison_providers(model, "layer4", x, targets, settings, mean=..., std=...)
@@ -25,7 +25,7 @@ from igcam_fast import ops
 from igcam_fast.core.engine import DEFAULT_RULE, DEFAULT_STEPS, PRESETS, CamEngine
 from igcam_fast.core.engine import chunk_plan, default_batch_rows  # the floor runs the engine's chunks
 from igcam_fast.core.quadrature import canonical_rule, path_nodes
-from igcam_fast.timing import Provider, Stats
+from igcam_fast.benchmarking.timing import Provider, Stats
 
 #: The paper's figures (Sattarzadeh et al., ICASSP 2021): quoted beside our numbers, never measured here.
 PAPER = dict(device="NVIDIA P100 16 GB (paper)", model="resnet50", gradcam_ms=11.3, igcam_ms=54.8, ratio=4.85,
