@@ -82,7 +82,7 @@ def timed(model, layer, x, targets, counter, options):
     return result, seconds / B, cpu / B, counter.rows / B
 
 
-def study(label, model, layer, mean, std, photos, classes, size, truth_dtype):
+def study(label, model, layer, mean, std, photos, classes, size, truth_dtype, fixed_only=None, scan=FIXED_SCAN):
     x = torch.cat([to_input(p.image, size, mean, std) for p in photos])
     with torch.no_grad():
         targets = model(x).topk(classes, dim=1).indices
@@ -100,7 +100,9 @@ def study(label, model, layer, mean, std, photos, classes, size, truth_dtype):
         runs = [(f"patterson {n}", dict(rule="patterson", steps=n)) for n in NESTED_LEVELS]
         runs += [(f"tol={TOL}", dict(tol=TOL))]
         runs += [(f"gausslegendre {m}" + (" (default)" if m == DEFAULT_STEPS else ""),
-                  dict(rule="gausslegendre", steps=m)) for m in sorted({DEFAULT_STEPS, *FIXED_SCAN})]
+                  dict(rule="gausslegendre", steps=m)) for m in sorted({DEFAULT_STEPS, *scan})]
+        if fixed_only:  # a supplement: only these Gauss-Legendre m
+            runs = [(f"gausslegendre {m}", dict(rule="gausslegendre", steps=m)) for m in fixed_only]
         for name, options in runs:
             result, seconds, cpu, passes = timed(model, layer, x, targets, counter, dict(common, **options))
             maps = result.layer_maps if result.layer_maps.dim() == 4 else result.layer_maps[:, None]
@@ -141,14 +143,50 @@ def honesty_table(rows):
              "| true error (max) | points (mean) |", "|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["model"], r["run"]) for r in rows if r["estimate"] is not None})
     for model, run in keys:
-        sel = [r for r in rows if r["model"] == model and r["run"] == run]
+        # A map that is 0 everywhere (the ReLU removes all of it, seen with random weights) is exact at
+        # every level (estimate 0, error 0): counted apart, not as a success of the estimate.
+        every = [r for r in rows if r["model"] == model and r["run"] == run]
+        sel = [r for r in every if not r["true_error"] == r["estimate"] == 0]
+        if not sel:
+            continue
         ratios = sorted(r["estimate"] / r["true_error"] for r in sel if r["true_error"] > 0)
         covered = sum(r["estimate"] >= r["true_error"] for r in sel)
         broken = sum(r["estimate"] <= TOL < r["true_error"] for r in sel)
-        lines.append(f"| {model} | {run} | {len(sel)} | {covered}/{len(sel)} ({covered / len(sel):.0%}) | {broken} | "
+        zeros = f" (+{len(every) - len(sel)} zero maps)" if len(every) > len(sel) else ""
+        lines.append(f"| {model} | {run} | {len(sel)}{zeros} | {covered}/{len(sel)} ({covered / len(sel):.0%}) | {broken} | "
                      f"{ratios[0]:.2f}–{ratios[len(ratios) // 2]:.2f}–{ratios[-1]:.2f} | "
                      f"{max(r['true_error'] for r in sel):.3%} | {sum(r['points'] for r in sel) / len(sel):.1f} |")
     return lines
+
+
+def replayed(rows, tolerances=(0.02, 0.05)):
+    """The stopping rule replayed on the fixed nested runs' estimates for other tolerances (not timed):
+    an image stops at the first level where every target's estimate is <= tol (the engine's rule)."""
+    lines = ["| model | tol | passes / image (mean) | worst true error | maps with est <= tol and true > tol |",
+             "|---|---|---|---|---|"]
+    for model in sorted({r["model"] for r in rows}):
+        nested = {}
+        for r in rows:
+            if r["model"] == model and r["run"] in {f"patterson {n}" for n in NESTED_LEVELS}:
+                nested.setdefault(r["photo"], {}).setdefault(int(r["run"].split()[1]), []).append(r)
+        for tol in (TOL, *tolerances):
+            passes, chosen = [], []
+            for photo, levels in nested.items():
+                n = next((n for n in NESTED_LEVELS if all(r["estimate"] <= tol for r in levels[n])), NESTED_LEVELS[-1])
+                passes.append(n)
+                chosen += levels[n]
+            broken = sum(r["estimate"] <= tol < r["true_error"] for r in chosen)
+            lines.append(f"| {model} | {tol} | {sum(passes) / len(passes):.1f} | "
+                         f"{max(r['true_error'] for r in chosen):.3%} | {broken} |")
+    return lines
+
+
+def write_tables(stem, rows, cost, header):
+    text = header + honesty_table(rows) + ["", "## Cost, side by side (warm, A' cached)", ""]
+    text += cost_table(cost) + ["", f"## The stopping rule replayed on the nested runs (levels {NESTED_LEVELS}, "
+                                    "not timed)", ""] + replayed(rows)
+    stem.with_suffix(".md").write_text("\n".join(text) + "\n")
+    return text
 
 
 def cost_table(cost):
@@ -170,7 +208,21 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--tag", default="cpu", help="goes into the file name")
+    parser.add_argument("--fixed-only", default=None, help="comma-separated Gauss-Legendre m: run only these")
+    parser.add_argument("--scan", default=None, help=f"comma-separated Gauss-Legendre m beside the default "
+                                                      f"(default {','.join(map(str, FIXED_SCAN))})")
+    parser.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
+                        help="write one table from earlier runs' JSON files (no computation) to --out/--tag")
     args = parser.parse_args(argv)
+    if args.tables_from:
+        runs = [json.loads(Path(f).read_text()) for f in args.tables_from]
+        header = [f"# Quadrature error estimate vs truth, and the cost of tol={TOL}", "",
+                  "Merged from " + ", ".join(Path(f).name for f in args.tables_from) + " (see each for its photos, "
+                  "classes and truth).", "", "## Estimate vs true error (relative L2 of the layer map)", ""]
+        stem = Path(args.out) / f"quadrature-error-{args.tag}"
+        print("\n".join(write_tables(stem, [r for run in runs for r in run["maps"]],
+                                      [c for run in runs for c in run["cost"]], header)))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     photos = bundled_photos(args.photos.split(",") if args.photos else None)
@@ -180,7 +232,9 @@ def main(argv=None):
     all_rows, all_cost = [], []
     for label, model, layer, mean, std in models(args.models.split(","), args.size):
         rows, cost = study(label, model, layer, mean, std, photos, args.classes, args.size,
-                           getattr(torch, args.truth_dtype))
+                           getattr(torch, args.truth_dtype),
+                           [int(m) for m in args.fixed_only.split(",")] if args.fixed_only else None,
+                           tuple(int(m) for m in args.scan.split(",")) if args.scan else FIXED_SCAN)
         all_rows += rows
         all_cost += cost
         header = [f"# Quadrature error estimate vs truth, and the cost of tol={TOL}", "",
@@ -188,9 +242,7 @@ def main(argv=None):
                   f"classes each; truth: Gauss–Legendre 128 nodes, forwards in {args.truth_dtype}; threads "
                   f"{torch.get_num_threads()}; default {DEFAULT_RULE} m={DEFAULT_STEPS}.", "",
                   "## Estimate vs true error (relative L2 of the layer map)", ""]
-        text = header + honesty_table(all_rows) + ["", "## Cost, side by side (warm, A' cached)", ""]
-        text += cost_table(all_cost)
-        stem.with_suffix(".md").write_text("\n".join(text) + "\n")  # after every model: partial results survive
+        text = write_tables(stem, all_rows, all_cost, header)  # after every model: partial results survive
         stem.with_suffix(".json").write_text(json.dumps(dict(maps=all_rows, cost=all_cost), indent=1))
     print("\n".join(text))
 
