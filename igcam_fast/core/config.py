@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from igcam_fast.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from igcam_fast.core.quadrature import canonical_rule
+from igcam_fast.core.quadrature import NESTED_RULES, PATTERSON_LEVELS, canonical_rule
 
 #: The default quadrature: the fewest forward passes measured to stay within 1 % (relative L2)
 #: of a 128-node Gauss-Legendre map on ten real photos (worst 0.87 %; README, "Defaults").
@@ -76,6 +76,11 @@ class CamConfig:
         closed_form_head: take the channel weights from the linear classifier where the layer reaches
             the scores only through global average pooling and one linear layer (no head forward or
             backward); None: wherever that is detected, False: never.
+        tol: integrate each image until the estimate of its layer map's relative L2 quadrature error is
+            at most tol (e.g. 0.01), with the nested Gauss–Kronrod–Patterson levels 7, 15, 31, 63
+            (igcam_fast.core.adaptive; rule and steps are then not used). None: the fixed rule/steps.
+        max_steps: with tol, the most path points an image gets (None: 63); an image that reaches it
+            stops with its estimate above tol (``CamResult.error_estimate``, ``settings["not_converged"]``).
     """
 
     method: str = "igcam"
@@ -95,6 +100,8 @@ class CamConfig:
     allow_training: bool = False
     reshape_transform: Callable | None = None
     closed_form_head: bool | None = None
+    tol: float | None = None
+    max_steps: int | None = None
     preset: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -155,8 +162,29 @@ class CamConfig:
         self.output_size = _output_size(self.output_size)
         if self.reshape_transform is not None and not callable(self.reshape_transform):
             raise TypeError("reshape_transform must be a callable (N, ...) -> (N, K, h, w)")
+        self._validate_tolerance()
         for name in ("relu", "normalize", "subtract_baseline", "allow_training"):
             setattr(self, name, bool(getattr(self, name)))
+
+    def _validate_tolerance(self) -> None:
+        if self.rule in NESTED_RULES and self.steps not in PATTERSON_LEVELS:
+            raise ValueError(f"steps must be one of {PATTERSON_LEVELS} for rule={self.rule!r} (its nested levels), "
+                             f"got {self.steps}")
+        if self.tol is not None:
+            if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not math.isfinite(self.tol) \
+                    or not 0 < self.tol < 1:
+                raise ValueError(f"tol must be a relative error between 0 and 1 (e.g. 0.01), got {self.tol!r}")
+            self.tol = float(self.tol)
+            if self.method != "igcam":
+                raise ValueError(f"tol= applies to Integrated Grad-CAM's path integral; method={self.method!r} is "
+                                 "one point (drop tol)")
+        if self.max_steps is not None:
+            if self.tol is None:
+                raise ValueError("max_steps caps the path points of tol=; give tol= too (or use steps=)")
+            if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or not (
+                    PATTERSON_LEVELS[2] <= self.max_steps <= MAX_STEPS):
+                raise ValueError(f"max_steps must be an int from {PATTERSON_LEVELS[2]} (the first nested level) to "
+                                 f"{MAX_STEPS}, got {self.max_steps!r}; the levels used are {PATTERSON_LEVELS[2:]}")
 
     def normalisation(self, model) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) as float64 tensors: the given ones, the model's own, or ImageNet's.

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 from torch.profiler import record_function
 
 from igcam_fast import ops
+from igcam_fast.core import adaptive
 from igcam_fast.core.baseline import BASELINE_FEATURES, Baseline, resolve_baseline
 from igcam_fast.core.config import (DEFAULT_BATCH_ROWS, DEFAULT_RULE, DEFAULT_STEPS, PRESETS, CamConfig,
                                     default_batch_rows)
@@ -32,6 +34,7 @@ from igcam_fast.core.head import find_linear_head
 from igcam_fast.core.layer import LayerExplainer, chunk_plan, resolve_layer, training_dependent_modules
 from igcam_fast.core.methods import METHODS, get_method
 from igcam_fast.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from igcam_fast.core.quadrature import NESTED_RULES
 from igcam_fast.core.targets import Targets, resolve_targets
 
 __all__ = [
@@ -56,6 +59,11 @@ class CamResult:
     precision_fallback_rows: path images whose fp16 activations or gradients were not finite and were
         redone in float32 (0 unless autocast=torch.float16).
     settings: the method, quadrature and layer, for records.
+    error_estimate: (B, T) float64 estimate of each layer map's relative L2 quadrature error, for
+        ``tol=`` and the nested ``rule="patterson"`` (igcam_fast.core.adaptive); None for the other
+        rules, whose path points are summed inside the fused combine (``settings["error_estimate"]``
+        says so). An estimate above ``tol`` means the image reached ``max_steps``.
+    path_points: (B,) int64 path points (forward passes) each image got.
     """
 
     maps: torch.Tensor
@@ -68,6 +76,8 @@ class CamResult:
     head: str = ""
     precision_fallback_rows: int = 0
     settings: dict = field(default_factory=dict)
+    error_estimate: torch.Tensor | None = None
+    path_points: torch.Tensor | None = None
 
 
 class _StopForward(Exception):
@@ -208,9 +218,11 @@ class CamEngine(LayerExplainer):
             with record_function("igcam::baseline_features"):
                 baseline_features = self._baseline_features(baseline, x)
         rows = self.rows(device)
+        nested_rule = self._method.walks_path and (config.tol is not None or config.rule in NESTED_RULES)
+        integrate = partial(adaptive.integrate_engine, self) if nested_rule else self._integrate
         while True:
             try:
-                layer_maps, fallback = self._integrate(x, baseline, baseline_features, resolved, rows, head)
+                layer_maps, fallback, *nested = integrate(x, baseline, baseline_features, resolved, rows, head)
                 break
             except torch.cuda.OutOfMemoryError:
                 if rows == 1:
@@ -225,9 +237,17 @@ class CamEngine(LayerExplainer):
         settings = dict(method=config.method, rule=config.rule, steps=config.steps,
                         subtract_baseline=config.subtract_baseline, layer=self.layer_name,
                         autocast=str(config.autocast), batch_rows=rows, channels_last=self._channels_last(x))
+        if nested:  # (B,) points and (B, T) estimates of the nested integration
+            settings.update(rule="patterson", steps=int(nested[0].path_points.max()), tol=config.tol,
+                            not_converged=torch.nonzero(~nested[0].converged).flatten().tolist())
+            estimate, points = nested[0].error_estimate, nested[0].path_points
+        else:
+            settings["error_estimate"] = "none: this rule's path points are summed inside the fused combine"
+            estimate, points = None, torch.full((B,), len(self.alphas), dtype=torch.int64)
         return CamResult(maps=maps, layer_maps=layer_maps, logits=logits_x, targets=resolved.indices,
                          closed_form_head=head is not None, head=head_reason,
-                         precision_fallback_rows=fallback, settings=settings)
+                         precision_fallback_rows=fallback, settings=settings, error_estimate=estimate,
+                         path_points=points)
 
     def _check_logits(self, logits, rows):
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
@@ -293,6 +313,38 @@ class CamEngine(LayerExplainer):
                 layer_maps = torch.zeros(B, T, *parts.shape[2:], dtype=parts.dtype, device=device)
             layer_maps[images] += parts
         return layer_maps, fallback
+
+    def _node_maps(self, x, baseline, baseline_features, targets, head, rows, images, alphas):
+        """S(α) (n, r, T, h, w) of the images ``images`` (n,) of x at the nodes ``alphas`` (r,), and the
+        path images redone in float32. One step weight makes combine return one map per path image;
+        a per-image x' (and A') is taken one image at a time so that each piece shares one A'."""
+        per_image = not baseline.shared or (baseline_features is not None and baseline_features.dim() == 4)
+        groups = images.split(1) if per_image else [images]
+        one = torch.ones(1, dtype=ops.accumulation_dtype(x.dtype), device=x.device)
+        alphas = alphas.to(x.device, one.dtype)
+        out, fallback = [], 0
+        for group in groups:
+            pick = group.tolist()
+            sub = (x[group.to(x.device)], baseline if baseline.shared else Baseline(baseline.image[pick[0]], None),
+                   baseline_features if not per_image or baseline_features is None else baseline_features[pick[0]],
+                   Targets(None if targets.indices is None else targets.indices[group],
+                           None if targets.callables is None else [targets.callables[i] for i in pick],
+                           targets.per_image))
+            maps = None
+            for part, steps in chunk_plan(len(pick), alphas.numel(), rows):
+                for autocast in _precisions(self.config.autocast):
+                    parts = self._chunk(*sub, part, steps, alphas[steps], one, head, autocast)
+                    if parts is not None:
+                        break
+                    fallback += (part.stop - part.start) * (steps.stop - steps.start)
+                else:
+                    raise ValueError(f"the activations or gradients at layer {self.layer_name!r} contain NaN or "
+                                     f"infinite values for images {pick[part.start:part.stop]} (in {x.dtype})")
+                if maps is None:
+                    maps = parts.new_empty(len(pick), alphas.numel(), *parts.shape[1:])
+                maps[part, steps] = parts.reshape(part.stop - part.start, steps.stop - steps.start, *parts.shape[1:])
+            out.append(maps)
+        return torch.cat(out), fallback
 
     def _chunk(self, x, baseline, baseline_features, targets, images, steps, alphas, step_weights, head, autocast):
         """The maps (n, T, h, w) of one chunk of path images, or None if a value was not finite."""

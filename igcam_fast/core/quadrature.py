@@ -5,6 +5,14 @@
 Every rule returns ``(path_nodes, step_weights)`` as float64 tensors of shape (m,), the nodes
 in [0, 1] and the weights summing to 1 (so the integral of a constant is exact), except the
 authors' demo preset which sums the steps instead of averaging them.
+
+Nested rules (:data:`NESTED_RULES`) come as a family of levels whose node sets contain each
+other, so a finer level reuses every path point of the coarser ones and the difference of two
+levels is an error estimate that costs no extra forward pass (igcam_fast.core.adaptive).
+``"patterson"`` is the Gauss–Kronrod–Patterson sequence 1, 3, 7, 15, 31, 63 (Gauss 1 → Gauss 3 →
+Kronrod 7 → Patterson 15 → 31 → 63 points, exact for polynomials of degree 1, 5, 11, 23, 47, 95).
+Its nodes are listed in the order they are introduced: the first n of a level are the nodes of the
+level with n points.
 """
 
 from __future__ import annotations
@@ -15,7 +23,14 @@ import numpy as np
 import torch
 
 #: Rules accepted by :func:`path_nodes`. ``"right"`` is the paper's; ``"demo"`` the authors' code.
-RULES = ("right", "left", "middle", "trapezoid", "gausslegendre", "demo")
+RULES = ("right", "left", "middle", "trapezoid", "gausslegendre", "demo", "patterson")
+
+#: Rules whose levels are nested; their valid step counts are :data:`PATTERSON_LEVELS`.
+NESTED_RULES = ("patterson",)
+
+#: Point counts of the Gauss–Kronrod–Patterson levels. 127 is not offered: its nodes are not
+#: resolved in float64 by the construction below (and 63 points are already exact to degree 95).
+PATTERSON_LEVELS = (1, 3, 7, 15, 31, 63)
 
 _RULE_ALIASES = {
     "riemann_right": "right",
@@ -25,6 +40,8 @@ _RULE_ALIASES = {
     "riemann_trapezoid": "trapezoid",
     "gauss_legendre": "gausslegendre",
     "gl": "gausslegendre",
+    "gauss_patterson": "patterson",
+    "gausspatterson": "patterson",
 }
 
 
@@ -57,11 +74,56 @@ def _nodes_and_weights(rule: str, steps: int) -> tuple[tuple[float, ...], tuple[
     elif rule == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(m)
         nodes, weights = (x + 1.0) / 2.0, w / 2.0
+    elif rule == "patterson":
+        if m not in PATTERSON_LEVELS:
+            raise ValueError(f"steps must be one of {PATTERSON_LEVELS} for the patterson rule (its nested levels), "
+                             f"got {m}")
+        nodes, weights = patterson_level(m)
+        return nodes, weights
     elif rule == "demo":  # the authors' code: i/m for i = 0..m-1, summed rather than averaged
         nodes, weights = t / m, np.ones(m)
     else:  # pragma: no cover - canonical_rule already rejected it
         raise AssertionError(rule)
     return tuple(nodes.tolist()), tuple(weights.tolist())
+
+
+@lru_cache(maxsize=1)
+def _patterson_nodes() -> np.ndarray:
+    """All 63 Patterson nodes on [-1, 1] in the order of introduction (level by level, ascending within).
+
+    Each level adds N + 1 nodes to the N it has: the zeros of the polynomial q of degree N + 1 that is
+    orthogonal to every polynomial of lower degree under the weight π(x) = Π (x − x_i) of the existing
+    nodes (Patterson 1968). That makes the interpolatory rule on the union exact to degree 3N + 2.
+    """
+    nodes = np.zeros(0)
+    while nodes.size < PATTERSON_LEVELS[-1]:
+        n, p = nodes.size, nodes.size + 1
+        xq, wq = np.polynomial.legendre.leggauss(2 * n + 8)  # exact for the degree-(n + 2p) products below
+        weight = wq * np.prod(xq[:, None] - nodes[None, :], axis=1)
+        basis = np.polynomial.legendre.legvander(xq, p)  # (quadrature points, p + 1) Legendre values
+        gram = (basis[:, :p] * weight[:, None]).T @ basis[:, :p]
+        rhs = -(basis[:, :p] * weight[:, None]).T @ basis[:, p]
+        coef = np.append(np.linalg.solve(gram, rhs), 1.0)  # q = P_p + Σ_{j<p} c_j P_j
+        roots = np.sort(np.polynomial.legendre.legroots(coef).real)
+        slope = np.polynomial.legendre.legder(coef)
+        for _ in range(3):  # Newton polish of the companion-matrix roots
+            roots = roots - np.polynomial.legendre.legval(roots, coef) / np.polynomial.legendre.legval(roots, slope)
+        roots = (roots - roots[::-1]) / 2.0  # the rule is symmetric: exact mirror images, 0 exactly
+        nodes = np.concatenate([nodes, roots])
+    return nodes
+
+
+@lru_cache(maxsize=16)
+def patterson_level(points: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(nodes, weights) on [0, 1] of the Patterson level with ``points`` nodes, in introduction order."""
+    if points not in PATTERSON_LEVELS:
+        raise ValueError(f"the patterson levels have {PATTERSON_LEVELS} points, got {points}")
+    x = _patterson_nodes()[:points]
+    # Interpolatory weights: Σ_i w_i P_k(x_i) = ∫_{-1}^{1} P_k, k < points.
+    moments = np.zeros(points)
+    moments[0] = 2.0
+    w = np.linalg.solve(np.polynomial.legendre.legvander(x, points - 1).T, moments)
+    return tuple(((x + 1.0) / 2.0).tolist()), tuple((w / 2.0).tolist())
 
 
 def path_nodes(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
