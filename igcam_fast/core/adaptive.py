@@ -31,7 +31,11 @@ from typing import Callable
 
 import torch
 
+from igcam_fast import ops
+from igcam_fast.core.baseline import Baseline
+from igcam_fast.core.layer import chunk_plan
 from igcam_fast.core.quadrature import PATTERSON_LEVELS, path_nodes
+from igcam_fast.core.targets import Targets
 
 #: The first level every image gets (its estimate compares it with the 3-point level).
 FIRST_POINTS = 7
@@ -153,7 +157,7 @@ def integrate_engine(engine, x, baseline, baseline_features, targets, rows, head
     stats = {"fallback": 0}
 
     def node_maps(images, alphas):
-        maps, fallback = engine._node_maps(x, baseline, baseline_features, targets, head, rows, images, alphas)
+        maps, fallback = engine_node_maps(engine, x, baseline, baseline_features, targets, head, rows, images, alphas)
         stats["fallback"] += fallback
         return maps
 
@@ -164,3 +168,36 @@ def integrate_engine(engine, x, baseline, baseline_features, targets, rows, head
         result = integrate_nested(node_maps, x.shape[0], tol=None, max_points=config.steps,
                                   first_points=config.steps)
     return result.maps, stats["fallback"], result
+
+
+def engine_node_maps(engine, x, baseline, baseline_features, targets, head, rows, images, alphas):
+    """S(α) (n, r, T, h, w) of the images ``images`` (n,) of x at the nodes ``alphas`` (r,), and the
+    path images redone in float32. One step weight makes combine return one map per path image;
+    a per-image x' (and A') is taken one image at a time so that each piece shares one A'."""
+    per_image = not baseline.shared or (baseline_features is not None and baseline_features.dim() == 4)
+    groups = images.split(1) if per_image else [images]
+    one = torch.ones(1, dtype=ops.accumulation_dtype(x.dtype), device=x.device)
+    alphas = alphas.to(x.device, one.dtype)
+    out, fallback = [], 0
+    for group in groups:
+        pick = group.tolist()
+        sub = (x[group.to(x.device)], baseline if baseline.shared else Baseline(baseline.image[pick[0]], None),
+               baseline_features if not per_image or baseline_features is None else baseline_features[pick[0]],
+               Targets(None if targets.indices is None else targets.indices[group],
+                       None if targets.callables is None else [targets.callables[i] for i in pick],
+                       targets.per_image))
+        maps = None
+        for part, steps in chunk_plan(len(pick), alphas.numel(), rows):
+            for autocast in engine.precisions():
+                parts = engine._chunk(*sub, part, steps, alphas[steps], one, head, autocast)
+                if parts is not None:
+                    break
+                fallback += (part.stop - part.start) * (steps.stop - steps.start)
+            else:
+                raise ValueError(f"the activations or gradients at layer {engine.layer_name!r} contain NaN or "
+                                 f"infinite values for images {pick[part.start:part.stop]} (in {x.dtype})")
+            if maps is None:
+                maps = parts.new_empty(len(pick), alphas.numel(), *parts.shape[1:])
+            maps[part, steps] = parts.reshape(part.stop - part.start, steps.stop - steps.start, *parts.shape[1:])
+        out.append(maps)
+    return torch.cat(out), fallback

@@ -314,38 +314,6 @@ class CamEngine(LayerExplainer):
             layer_maps[images] += parts
         return layer_maps, fallback
 
-    def _node_maps(self, x, baseline, baseline_features, targets, head, rows, images, alphas):
-        """S(α) (n, r, T, h, w) of the images ``images`` (n,) of x at the nodes ``alphas`` (r,), and the
-        path images redone in float32. One step weight makes combine return one map per path image;
-        a per-image x' (and A') is taken one image at a time so that each piece shares one A'."""
-        per_image = not baseline.shared or (baseline_features is not None and baseline_features.dim() == 4)
-        groups = images.split(1) if per_image else [images]
-        one = torch.ones(1, dtype=ops.accumulation_dtype(x.dtype), device=x.device)
-        alphas = alphas.to(x.device, one.dtype)
-        out, fallback = [], 0
-        for group in groups:
-            pick = group.tolist()
-            sub = (x[group.to(x.device)], baseline if baseline.shared else Baseline(baseline.image[pick[0]], None),
-                   baseline_features if not per_image or baseline_features is None else baseline_features[pick[0]],
-                   Targets(None if targets.indices is None else targets.indices[group],
-                           None if targets.callables is None else [targets.callables[i] for i in pick],
-                           targets.per_image))
-            maps = None
-            for part, steps in chunk_plan(len(pick), alphas.numel(), rows):
-                for autocast in _precisions(self.config.autocast):
-                    parts = self._chunk(*sub, part, steps, alphas[steps], one, head, autocast)
-                    if parts is not None:
-                        break
-                    fallback += (part.stop - part.start) * (steps.stop - steps.start)
-                else:
-                    raise ValueError(f"the activations or gradients at layer {self.layer_name!r} contain NaN or "
-                                     f"infinite values for images {pick[part.start:part.stop]} (in {x.dtype})")
-                if maps is None:
-                    maps = parts.new_empty(len(pick), alphas.numel(), *parts.shape[1:])
-                maps[part, steps] = parts.reshape(part.stop - part.start, steps.stop - steps.start, *parts.shape[1:])
-            out.append(maps)
-        return torch.cat(out), fallback
-
     def _chunk(self, x, baseline, baseline_features, targets, images, steps, alphas, step_weights, head, autocast):
         """The maps (n, T, h, w) of one chunk of path images, or None if a value was not finite."""
         forward_dtype = autocast or x.dtype
@@ -387,6 +355,10 @@ class CamEngine(LayerExplainer):
                                          backend=self.config.backend))
         stacked = torch.stack(parts, dim=1)
         return stacked if bool(finite & torch.isfinite(stacked).all()) else None
+
+    def precisions(self):
+        """The forward precisions to try in turn for a chunk: fp16 overflows are redone in float32."""
+        return _precisions(self.config.autocast)
 
     def _gradients(self, score, leaf, retain: bool):
         if not score.requires_grad:
