@@ -128,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default: {DEFAULT_METHODS})")
     parser.add_argument("--min-confidence", type=float, default=0.25,
                         help="top-1 probability a photo needs to enter the grids (default 0.25)")
-    parser.add_argument("--grids", type=int, default=8, help="at most this many 2×2 grids (default 8)")
+    parser.add_argument("--grids", type=int, default=4, help="at most this many 2×2 grids (default 4)")
     parser.add_argument("--cell-size", type=int, help="pixels per grid cell (default: the model's input size)")
     parser.add_argument("--stages", type=int, default=3, help="randomisation stages, classifier first (default 3)")
     parser.add_argument("--steps", type=int, default=10, help="deletion/insertion steps (default 10)")

@@ -52,7 +52,26 @@ def test_baseline_maps_ignore_the_model():
     m2, l2 = rand(Tiny(), x, targets)
     assert m1.shape == (2, 2, 16, 16) and l1.shape == (2, 2, 4, 4)
     assert torch.equal(m1, m2) and not torch.equal(l1[0, 0], l1[0, 1])
-    gm, gl = E.gaussian_explain("features")(Tiny(), x, targets)
+    gm, gl = E.gaussian_explain("features")(Tiny(), x, torch.zeros(2, 4, dtype=torch.long))
     assert torch.equal(gl, gl.flip(-1)) and torch.equal(gl, gl.flip(-2))  # centred
     from igcam_fast.evaluation.grids import grid_pointing_game
-    assert grid_pointing_game(gm).flatten().tolist() == pytest.approx([0.25] * 8)  # a centred map: chance
+    assert grid_pointing_game(gm).flatten().tolist() == pytest.approx([0.25] * 8)  # centred: chance
+
+
+def test_gradcampp_regimes_match_the_reference_weights_and_hand_counts():
+    from igcam_fast.core.reference import gradcampp_channel_weights
+    from igcam_fast.evaluation.gradcampp_regimes import regimes
+
+    h, w = 2, 2
+    A = torch.ones(4, h, w, dtype=torch.float64)
+    A[3] *= 1e6                                                  # a huge activation sum: the cube term wins
+    W = torch.tensor([4e-4, 4e-2, -4e-2, 4e-2], dtype=torch.float64)  # g = W / 4
+    got = regimes(A, W)
+    reference = gradcampp_channel_weights(A, (W / (h * w))[:, None, None].expand(4, h, w))
+    assert torch.allclose(got["weights"], reference, rtol=1e-12, atol=0)
+    # g = 1e-4: g² = 1e-8 < ε -> "eps"; g = 1e-2: 2g² = 2e-4 > ε, S g³ = 4e-6 -> "square"; negative: none;
+    # g = 1e-2 with S = 4e6: S g³ = 4 > 2g² -> "cube", where w ≈ h·w / S
+    assert got["channels"] == {"eps": 1, "square": 1, "cube": 1}
+    assert got["weights"][1].item() == pytest.approx(W[1].item() / 2, rel=0.03)  # 4e-6 / 2.05e-4 · 4
+    assert got["weights"][3].item() == pytest.approx(h * w / 4e6, rel=1e-3)
+    assert sum(got["mass"].values()) == pytest.approx(1.0)
