@@ -165,12 +165,14 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     fa, fb = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
     invalid = ~(torch.isfinite(fa).all(dim=1) & torch.isfinite(fb).all(dim=1))
     ra, rb = average_ranks(torch.nan_to_num(fa)), average_ranks(torch.nan_to_num(fb))
+    same_order = (ra == rb).all(dim=1)  # exactly 1, not 1 - ulp: an unchanged map must read as unchanged
     ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
     na, nb = ra.norm(dim=1), rb.norm(dim=1)
     # ranks are multiples of 1/2: a non-constant row has norm >= 1/sqrt(2), so "== 0" is exact
     const_a, const_b = na == 0, nb == 0
     rho = (ra * rb).sum(dim=1) / torch.where(const_a | const_b, torch.ones_like(na), na * nb)
     rho = torch.where(const_a & const_b, torch.ones_like(rho), torch.where(const_a | const_b, torch.zeros_like(rho), rho))
+    rho = torch.where(same_order, torch.ones_like(rho), rho)
     return torch.where(invalid, torch.full_like(rho, float("nan")), rho.clamp(-1, 1))
 
 
