@@ -21,7 +21,8 @@ classifier) backwards.
 Spearman with ties and constant maps (:func:`spearman`): Pearson's correlation of the average
 ranks (ties share the mean of their ranks, as scipy.stats.spearmanr). A constant map has no rank
 order, so Pearson's formula is 0/0; defined here as: both maps constant → 1 (their rank vectors
-are identical: the map did not change), exactly one constant → 0 (no shared order).
+are identical: the map did not change), exactly one constant → 0 (no shared order). Identical
+rank orders give exactly 1, so a map that ignores the model reads as exactly unchanged.
 """
 
 from __future__ import annotations
