@@ -46,7 +46,10 @@ HELP = "grid pointing game, randomisation check and deletion/insertion on real p
 
 LABELS = dict(METHOD_LABELS, igcam="Integrated Grad-CAM (default: Gauss-Legendre, m=10)",
               random="random map (baseline)", gaussian="centred Gaussian (baseline)")
-DEFAULT_METHODS = "gradcam,gradcampp,igcam,igcam_paper,gradcam_minus_baseline,scorecam,ablationcam,random,gaussian"
+ALL_METHODS = "gradcam,gradcampp,igcam,igcam_paper,gradcam_minus_baseline,scorecam,ablationcam,random,gaussian"
+#: Score-CAM is opt-in: measured 90 s per 224×224 photo on the 2-core CPU (1280 forwards), ×4 per
+#: grid, so even one grid and one photo through the cascade (≈ 12 min) breaks a 15-minute default run.
+DEFAULT_METHODS = ALL_METHODS.replace("scorecam,", "")
 #: K forwards of the whole network per image (K = 1280 channels for EfficientNet-Lite0).
 SLOW_METHODS = ("scorecam",)
 ABLATION_ROWS = 256
@@ -125,7 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", help="target layer (default: the model's usual one)")
     parser.add_argument("--num-classes", type=int, help="outputs of a torchvision model's head (default 1000)")
     parser.add_argument("--images", help="folder of photos (default: the photos installed packages ship, offline)")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default: {DEFAULT_METHODS})")
+    parser.add_argument("--methods", default=DEFAULT_METHODS,
+                        help=f"comma-separated, from {ALL_METHODS} (default: all but scorecam, which costs one forward "
+                             "per channel and image: add it with --methods and see --scorecam-limit)")
     parser.add_argument("--min-confidence", type=float, default=0.25,
                         help="top-1 probability a photo needs to enter the grids (default 0.25)")
     parser.add_argument("--grids", type=int, default=4, help="at most this many 2×2 grids (default 4)")

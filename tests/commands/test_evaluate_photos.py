@@ -42,7 +42,7 @@ def test_end_to_end_tables_files_and_untouched_model(photo_folder, tmp_path, cap
     monkeypatch.setattr(evaluate_photos, "load_model", lambda *args, **kw: spec)  # the run uses this very model
     out = tmp_path / "out"
     printed = run(["--model", "tiny_models:tiny_cnn", "--images", str(photo_folder), "--min-confidence", "0",
-                   "--grids", "3", "--stages", "2", "--steps", "4", "--scorecam-limit", "1", "--no-progress",
+                   "--methods", evaluate_photos.ALL_METHODS, "--grids", "3", "--stages", "2", "--steps", "4", "--scorecam-limit", "1", "--no-progress",
                    "--out", str(out), "--figure-grids", "1"], capsys).out
     result = json.loads((out / "results.json").read_text())
     assert (out / "results.md").read_text().strip() == printed.split("\nwrote ")[0].strip()
