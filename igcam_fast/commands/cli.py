@@ -9,7 +9,7 @@ import sys
 from igcam_fast.commands import CommandError
 
 #: The sub-commands, in the order ``igcam-fast --help`` lists them: modules of this package.
-COMMANDS = ("demo", "explain", "evaluate", "evaluate_synthetic", "backends", "bench")
+COMMANDS = ("demo", "explain", "evaluate", "evaluate_synthetic", "evaluate_photos", "bench", "backends")
 
 
 def build_parser() -> argparse.ArgumentParser:

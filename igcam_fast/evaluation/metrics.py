@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "ebpg", "bbox_score", "pointing_game", "top_fraction_mask", "soft_mask", "blackout", "confidence",
-    "drop_increase", "drop_increase_from_confidences", "deletion_insertion", "count_invalid", "summarize",
+    "drop_increase", "drop_increase_from_confidences", "deletion_insertion", "curve_auc", "count_invalid", "summarize",
 ]
 
 
@@ -331,9 +331,18 @@ def deletion_insertion(model: Callable, x: torch.Tensor, maps: torch.Tensor, cla
         return sub * (1 - chosen) + img * chosen
 
     scores = _run_rows(model, make_rows, N * S, batch_size, classes.repeat_interleave(S), kind).reshape(N, S)
-    auc = (scores.sum(dim=1) - 0.5 * (scores[:, 0] + scores[:, -1])) / steps
-    auc = _nan_where(auc, invalid.to(auc.device))
+    auc = _nan_where(curve_auc(scores), invalid.to(scores.device))
     return dict(auc=auc, curves=scores)
+
+
+def curve_auc(curves: torch.Tensor) -> torch.Tensor:
+    """Area under (N, S) curves sampled at S equally spaced points of [0, 1] (S >= 2): the
+    trapezoid rule, (Σ_s c_s − (c_0 + c_{S−1}) / 2) / (S − 1), float64 (N,). A constant curve c
+    has area c; the straight line from 1 to 0 has area 1/2."""
+    if curves.dim() != 2 or curves.shape[1] < 2:
+        raise ValueError(f"curves must be (N, S) with S >= 2 samples, got {tuple(curves.shape)}")
+    c = curves.double()
+    return (c.sum(dim=1) - 0.5 * (c[:, 0] + c[:, -1])) / (c.shape[1] - 1)
 
 
 def summarize(values: torch.Tensor, scale: float = 1.0) -> dict:
