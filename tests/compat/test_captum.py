@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 captum_attr = pytest.importorskip("captum.attr")
 torchvision = pytest.importorskip("torchvision")
@@ -137,10 +138,15 @@ def test_captum_layer_and_input_forms_equal_captum(net, x):
         return ours.attribute(inputs, n_steps=1, method="riemann_right", **kwargs)
 
     target = [1, 5, 7]
-    for layer, kwargs in ((net.fc, {}), (net.layer4, dict(attribute_to_layer_input=True)),
-                          (net.layer4, dict(attr_dim_summation=False)), (net.avgpool, {})):
-        expected = LayerGradCam(net, layer).attribute(x, target=target, **kwargs)
-        got = gradcam_setting(net, layer, x, target=target, **kwargs)
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    for model, layer, kwargs in ((net, net.fc, {}), (net, net.layer4, dict(attribute_to_layer_input=True)),
+                                 (net, net.avgpool, {}),
+                                 (small, small[2], dict(attr_dim_summation=False)),  # one pass per channel
+                                 (small, small[2], dict(attr_dim_summation=False, attribute_to_layer_input=True))):
+        expected = LayerGradCam(model, layer).attribute(x, target=target, **kwargs)
+        got = gradcam_setting(model, layer, x, target=target, **kwargs)
         assert got.shape == expected.shape, (layer, kwargs)
         close(got, expected.detach(), 1e-5)
     two = lambda a, b: net(a + b)  # noqa: E731

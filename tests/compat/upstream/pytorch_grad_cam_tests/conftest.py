@@ -12,7 +12,7 @@ Only cases of the classes the adapters replace are collected; the other CAM meth
 parametrisations (ScoreCAM, EigenCAM, ...) are deselected.
 
 Offline: upstream's tests read ``examples/both.png`` and download ImageNet weights. Here the image
-is a bundled photo (the same BGR uint8 array cv2.imread would give) and the torchvision builders
+is a bundled photo (a 224×224 BGR uint8 array, as cv2.imread gives for theirs) and the torchvision builders
 return random weights (seed 0) whatever ``weights=``/``pretrained=`` they are given. The models
 of the parametrised ``cnn_model`` are built once per session (VGG-11 takes seconds to build) and
 checked, after every test, to carry no hook left behind.
@@ -61,9 +61,13 @@ def _offline(name, shared):
 
 
 def _photo_bgr():
+    """A bundled photo as cv2.imread gives examples/both.png: BGR uint8, 224×224 as that image."""
+    import cv2
+
     from igcam_fast.images.photos import bundled_photos
 
-    return np.ascontiguousarray(bundled_photos(["chelsea"])[0].image[..., ::-1])
+    rgb = bundled_photos(["chelsea"])[0].image
+    return np.ascontiguousarray(cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA)[..., ::-1])
 
 
 def pytest_generate_tests(metafunc):
