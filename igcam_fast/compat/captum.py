@@ -26,10 +26,23 @@ a ReLU at every path point, is ``LayerIntegratedGradCam(..., relu_per_step=True)
 ``method="riemann_trapezoid"`` uses captum's weights (1/n, halved at both ends, which sum to
 1 - 1/n), not igcam_fast's trapezoid rule (which sums to 1).
 
-Not supported (raise ``NotImplementedError``): ``attribute_to_layer_input=True``,
-``attr_dim_summation=False`` (per-channel maps), several input tensors, tensor
-``additional_forward_args`` with one row per example when N > 1, and targets with slices.
-The model must be in eval mode (BatchNorm/Dropout would mix path images otherwise).
+Layers and inputs as captum's: a layer whose output is (N, K) (Linear) gives (N, 1) — a
+1×1 map per example; (N, K, *S) gives (N, 1, *S); a layer returning several tensors gives a tuple
+of attributions, one per tensor; ``attribute_to_layer_input=True`` explains the layer's input
+(one per input tensor, a tuple when several); ``attr_dim_summation=False`` gives the per-channel
+terms (N, K, *S) (one engine pass per channel: K times the cost). Several input tensors, and
+inputs that are not (N, C, H, W) images, are packed into one (N, 1, 1, D) tensor for the engine
+and unpacked for ``forward_func`` (the path is the same straight line in every input).
+
+Targets are checked as captum checks them (``_select_targets``), with captum's messages (raised
+as :class:`CaptumTargetError`, an AssertionError as captum's and a ValueError).
+``grad_kwargs``: ``{"materialize_grads": True}`` (a layer the target does not depend on gets
+zero attributions instead of an error); other keys raise ``NotImplementedError``.
+
+Not supported (raise ``NotImplementedError``): tensor ``additional_forward_args`` with one row
+per example when N > 1, targets with slices, input tensors of different dtypes, several layers.
+The model must be in eval mode where the engine requires it (BatchNorm/Dropout would mix path
+images otherwise).
 """
 
 from __future__ import annotations
@@ -41,79 +54,19 @@ import torch
 from captum.attr import LayerAttribution
 from torch import nn
 
+from igcam_fast.compat._captum_forward import (CaptumTargetError, _as_maps, _check_tuple, _ForwardModule,
+                                               _IndexTarget, _Packing, _Route)
 from igcam_fast.core.engine import CamEngine
 from igcam_fast.core.quadrature import canonical_rule
 
-__all__ = ["LayerIntegratedGradCam"]
-
-
-class _ForwardModule(nn.Module):
-    """forward_func as an nn.Module returning (rows, P) scores for the engine.
-
-    Holds the layer (so that the engine finds it even when forward_func is a plain function),
-    expands additional forward arguments to the rows of each forward, and flattens outputs with
-    more than one dimension per example (targets of captum's tuple form index into them).
-    """
-
-    def __init__(self, forward_func: Callable, layer: nn.Module):
-        super().__init__()
-        if isinstance(forward_func, nn.Module):
-            self.net = forward_func
-        else:
-            self._func = forward_func
-            self.layer = layer
-        self.args: tuple = ()
-        self.output_shape: Optional[tuple] = None
-        self.require_scalar = False  # target=None: one output per example
-        self.require_2d = False  # int-like targets index the second dimension of a 2-D output
-
-    def _function(self):
-        return self.net if "net" in self._modules else self._func
-
-    def forward(self, x):
-        rows = x.shape[0]
-        args = tuple(a.expand(rows, *a.shape[1:]) if isinstance(a, torch.Tensor) and a.dim() > 0 else a
-                     for a in self.args)
-        out = self._function()(x, *args)
-        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != rows:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"forward_func must return a tensor with one row per example ({rows}), got {shape}")
-        self.output_shape = tuple(out.shape[1:])
-        out = out.reshape(rows, -1)
-        if self.require_scalar and out.shape[1] != 1:
-            raise ValueError(f"target=None needs forward_func to return one scalar per example, got output shape "
-                             f"{(rows, *self.output_shape)}; give target= (as captum requires)")
-        return out
-
-
-class _IndexTarget:
-    """Per-row callable for captum's tuple targets: the element ``index`` of the unflattened row."""
-
-    def __init__(self, wrapper: _ForwardModule, index: tuple):
-        self.wrapper, self.index = wrapper, index
-
-    def __call__(self, row):
-        out = row.reshape(self.wrapper.output_shape)[self.index]
-        if out.numel() != 1:
-            raise ValueError(f"target {self.index} selects {out.numel()} values of an output of shape "
-                             f"{self.wrapper.output_shape} per example; it must select one")
-        return out.reshape(())
-
-
-def _check_tuple(t):
-    if any(isinstance(i, slice) for i in t):
-        raise NotImplementedError("targets with slices are not supported; select one output per example")
-    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in t):
-        raise TypeError(f"tuple targets must hold ints, got {t!r}")
-    return tuple(int(i) for i in t)
-
+__all__ = ["LayerIntegratedGradCam", "CaptumTargetError"]
 
 class LayerIntegratedGradCam(LayerAttribution):
     """Integrated Grad-CAM at ``layer`` with captum's interface (see the module docstring).
 
     Args:
         forward_func: the model (or a function of the inputs and additional_forward_args).
-        layer: the module whose output (N, K, h, w) is explained.
+        layer: the module whose output (N, K, ...) (or input) is explained.
         device_ids: accepted for captum compatibility; unused (no DataParallel reassembly).
         subtract_baseline: subtract the baseline's layer output A(x') (default, as the paper and
             captum's layer integrated gradients) or not (then n_steps=1, riemann_right is LayerGradCam).
@@ -138,81 +91,167 @@ class LayerIntegratedGradCam(LayerAttribution):
     def has_convergence_delta(self) -> bool:
         return False
 
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps: int = 50,
                   method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
                   attribute_to_layer_input: bool = False, relu_attributions: bool = False,
-                  attr_dim_summation: bool = True) -> torch.Tensor:
-        """(N, 1, h, w) attributions at the layer's resolution, on the input's device.
+                  attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None):
+        """(N, 1, *S) attributions at the layer's resolution (a tuple of them for several layer
+        tensors), on the input's device; (N, K, *S) with attr_dim_summation=False.
 
         Arguments as captum's integrated layer methods: baselines None (zeros), a number, or a
-        tensor of the inputs' shape or with first dimension 1; target None (scalar output), int,
-        tuple, (N,) tensor, list of ints or of tuples; ``internal_batch_size`` is the number of
-        path images per forward pass.
+        tensor of the inputs' shape or with first dimension 1 (a tuple of those for several
+        inputs); target None (scalar output), int, tuple, (N,) tensor, list of ints or of tuples;
+        ``internal_batch_size`` is the number of path images per forward pass.
         """
-        if attribute_to_layer_input:
-            raise NotImplementedError("attribute_to_layer_input=True is not supported: the engine explains the "
-                                      "layer's output (pass the preceding module as layer instead)")
-        if not attr_dim_summation:
-            raise NotImplementedError("attr_dim_summation=False (per-channel maps) is not supported: the engine "
-                                      "sums the channels inside its fused kernel")
-        x = self._format_inputs(inputs)
-        base = self._format_baselines(baselines, x)
+        materialize = self._check_grad_kwargs(grad_kwargs)
+        tensors = self._format_inputs(inputs)
+        N = tensors[0].shape[0]
         wrapper = self._wrapper
-        wrapper.args = self._format_args(additional_forward_args, x.shape[0])
-        targets = self._format_target(target, x.shape[0])
+        wrapper.reset()
+        packing = _Packing(tensors) if len(tensors) > 1 or tensors[0].dim() != 4 else None
+        bases = self._format_baselines(baselines, tensors)
+        if packing is None:
+            x, base = tensors[0], bases[0]
+        else:
+            x = packing.pack(tensors, N)
+            base = packing.pack(bases, max(b.shape[0] for b in bases))
+            base = base[0] if base.shape[0] == 1 else base
         rule = canonical_rule(method)
         inner = wrapper._function()
         wrapper.training = inner.training if isinstance(inner, nn.Module) else False
-        engine = CamEngine(wrapper, self.layer, method="igcam", rule=rule, steps=n_steps, baseline=base,
-                           subtract_baseline=self.subtract_baseline, relu=self.relu_per_step, normalize=False,
-                           output_size="layer", batch_rows=internal_batch_size,
-                           reshape_transform=self.reshape_transform, **self.engine_options)
+        routes, engines = [], []
         try:
-            maps = engine.explain(x, targets).layer_maps
+            wrapper.packing = packing
+            wrapper.args = self._format_args(additional_forward_args, N)
+            shapes = self._layer_tensor_shapes(x, attribute_to_layer_input)
+            targets = self._format_target(target, N)
+            wrapper.target, wrapper.examples, wrapper.target_checked = target, N, False
+            wrapper.materialize = materialize
+            while len(wrapper.probes) < len(shapes):
+                wrapper.probes.append(nn.Identity())
+            results = []
+            for index, shape in enumerate(shapes):
+                routes.append(_Route(wrapper, self.layer, wrapper.probes[index], index, attribute_to_layer_input))
+                channels = [None] if attr_dim_summation else range(shape[1])
+                maps = []
+                for channel in channels:
+                    engine = CamEngine(wrapper, wrapper.probes[index], method="igcam", rule=rule, steps=n_steps,
+                                       baseline=base, subtract_baseline=self.subtract_baseline,
+                                       relu=self.relu_per_step, normalize=False, output_size="layer",
+                                       batch_rows=internal_batch_size,
+                                       reshape_transform=self._reshape_for(channel), **self.engine_options)
+                    engines.append(engine)
+                    maps.append(engine.explain(x, targets).layer_maps.reshape(N, 1, *shape[2:]))
+                    engine.close()
+                results.append(torch.cat(maps, dim=1))
         finally:
-            engine.close()
-            wrapper.args, wrapper.require_scalar, wrapper.require_2d = (), False, False
+            for engine in engines:
+                engine.close()
+            for route in routes:
+                route.close()
+            wrapper.reset()
         if rule == "trapezoid":  # captum's trapezoid weights are 1/n (halved at the ends), ours 1/(n - 1)
-            maps = maps * ((n_steps - 1) / n_steps)
-        maps = maps[:, None]
-        return maps.clamp(min=0) if relu_attributions else maps
+            results = [r * ((n_steps - 1) / n_steps) for r in results]
+        if relu_attributions:
+            results = [r.clamp(min=0) for r in results]
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _reshape_for(self, channel: Optional[int]):
+        user = self.reshape_transform
+        return lambda t: _as_maps(user(t) if user is not None else t, channel)
+
+    def _layer_tensor_shapes(self, x: torch.Tensor, to_input: bool) -> list:
+        """Shapes (N, K, *S) of the layer's output tensors (or input tensors), from one example."""
+        seen = []
+
+        def record(value):
+            parts = [value] if isinstance(value, torch.Tensor) else list(value)
+            seen.append([tuple(p.shape) if isinstance(p, torch.Tensor) else None for p in parts])
+
+        if to_input:
+            handle = self.layer.register_forward_pre_hook(lambda m, args: record(args))
+        else:
+            handle = self.layer.register_forward_hook(lambda m, args, out: record(out))
+        # eval mode for this one forward: a training-mode BatchNorm would update its running
+        # statistics from a forward that only reads shapes
+        modes = [(m, m.training) for m in self._wrapper.modules()]
+        self._wrapper.eval()
+        try:
+            with torch.no_grad():
+                self._wrapper(x[:1])
+        finally:
+            handle.remove()
+            for module, training in modes:
+                module.training = training
+        if not seen:
+            raise ValueError("the layer was not called during the forward pass")
+        what = "input" if to_input else "output"
+        if len(seen) > 1:
+            raise NotImplementedError(f"the layer is called {len(seen)} times per forward; captum's layer {what} "
+                                      "of a layer called more than once is not supported")
+        if any(s is None for s in seen[0]):
+            raise NotImplementedError(f"the layer's {what} holds non-tensor values; only tensors are supported")
+        return [(x.shape[0], *s[1:]) for s in seen[0]]
 
     # ---- captum's argument forms -------------------------------------------------------------
 
     @staticmethod
-    def _format_inputs(inputs) -> torch.Tensor:
-        if isinstance(inputs, tuple):
-            if len(inputs) != 1:
-                raise NotImplementedError(f"several input tensors are not supported (got {len(inputs)}); "
-                                          "pass one (N, C, H, W) tensor")
-            inputs = inputs[0]
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
-        return inputs.detach()
+    def _check_grad_kwargs(grad_kwargs) -> bool:
+        """True when gradients of unused layer tensors are to be zeros (materialize_grads)."""
+        if grad_kwargs is None:
+            return False
+        if not isinstance(grad_kwargs, dict):
+            raise TypeError(f"grad_kwargs must be a dict, got {type(grad_kwargs).__name__}")
+        unsupported = sorted(set(grad_kwargs) - {"materialize_grads"})
+        if unsupported:
+            raise NotImplementedError(f"grad_kwargs {unsupported} are not supported (only materialize_grads): the "
+                                      "engine takes its own gradients, from the target scores to the layer only")
+        return bool(grad_kwargs.get("materialize_grads", False))
 
     @staticmethod
-    def _format_baselines(baselines, x) -> torch.Tensor:
-        if isinstance(baselines, tuple):
-            if len(baselines) != 1:
-                raise ValueError(f"one baseline per input tensor: got {len(baselines)} for 1 input")
-            baselines = baselines[0]
-        if baselines is None:
-            return torch.zeros_like(x[0])
-        if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
-            return torch.full_like(x[0], float(baselines))
-        if not isinstance(baselines, torch.Tensor):
-            raise TypeError(f"baselines must be None, a number or a tensor, got {type(baselines).__name__}")
-        b = baselines.detach().to(x.device, x.dtype)
-        if b.dim() == 0:
-            return torch.full_like(x[0], float(b))
-        if b.dim() == x.dim() and b.shape[0] == 1:
-            b = b[0]
-        if b.dim() == x.dim() - 1:
-            return b.expand_as(x[0]).contiguous()
-        if tuple(b.shape) != tuple(x.shape):
-            raise ValueError(f"baselines must have the inputs' shape {tuple(x.shape)} or a first dimension of 1, "
-                             f"got {tuple(baselines.shape)}")
-        return b
+    def _format_inputs(inputs) -> tuple:
+        tensors = inputs if isinstance(inputs, tuple) else (inputs,)
+        if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+            raise TypeError(f"inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}")
+        if len({t.shape[0] if t.dim() else -1 for t in tensors}) != 1 or tensors[0].dim() == 0:
+            raise ValueError(f"every input tensor needs the same first (example) dimension, got "
+                             f"{[tuple(t.shape) for t in tensors]}")
+        if len({t.dtype for t in tensors}) != 1:
+            raise NotImplementedError(f"input tensors of different dtypes are not supported, got "
+                                      f"{[t.dtype for t in tensors]}")
+        return tuple(t.detach() for t in tensors)
+
+    @staticmethod
+    def _format_baselines(baselines, tensors: tuple) -> tuple:
+        """One baseline per input tensor, each (1, ...) or (N, ...) of the input's shape."""
+        if not isinstance(baselines, tuple):
+            baselines = (baselines,) * len(tensors) if baselines is None or isinstance(baselines, (int, float)) \
+                else (baselines,)
+        if len(baselines) != len(tensors):
+            raise ValueError(f"one baseline per input tensor: got {len(baselines)} for {len(tensors)} inputs")
+        out = []
+        for b, x in zip(baselines, tensors):
+            if b is None:
+                b = 0.0
+            if isinstance(b, (int, float)) and not isinstance(b, bool):
+                out.append(torch.full_like(x[:1], float(b)))
+                continue
+            if not isinstance(b, torch.Tensor):
+                raise TypeError(f"baselines must be None, a number or a tensor, got {type(b).__name__}")
+            t = b.detach().to(x.device, x.dtype)
+            if t.dim() == 0:
+                t = torch.full_like(x[:1], float(t))
+            elif t.dim() == x.dim() - 1:
+                t = t[None]
+            if t.dim() != x.dim() or t.shape[0] not in (1, x.shape[0]) or t.shape[1:] != x.shape[1:]:
+                raise ValueError(f"baselines must have the inputs' shape {tuple(x.shape)} or a first dimension of 1, "
+                                 f"got {tuple(b.shape)}")
+            out.append(t.expand(t.shape[0], *x.shape[1:]))
+        return tuple(out)
 
     @staticmethod
     def _format_args(args, batch: int) -> tuple:
@@ -228,10 +267,8 @@ class LayerIntegratedGradCam(LayerAttribution):
         return args
 
     def _format_target(self, target, batch: int):
+        """The engine's targets for captum's ``target`` (captum's own check runs in the forward)."""
         wrapper = self._wrapper
-        wrapper.require_scalar = target is None
-        wrapper.require_2d = not (target is None or isinstance(target, tuple)
-                                  or (isinstance(target, list) and target and isinstance(target[0], tuple)))
         if target is None:
             return 0
         if isinstance(target, bool):
@@ -248,10 +285,11 @@ class LayerIntegratedGradCam(LayerAttribution):
                 return int(target.reshape(()))
             if target.dim() == 1 and target.numel() == batch:
                 return target.detach().to("cpu", torch.int64)
-            raise ValueError(f"target tensor must have one element or shape ({batch},), got {tuple(target.shape)}")
+            raise CaptumTargetError("Tensor target dimension %r is not valid. %r"
+                                    % (target.shape, (batch, *(wrapper.output_shape or ()))))
         if isinstance(target, list):
             if len(target) != batch:
-                raise ValueError(f"target list has {len(target)} entries for {batch} examples")
+                raise CaptumTargetError("Target list length does not match output!")
             if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in target):
                 return [int(t) for t in target]
             if all(isinstance(t, tuple) for t in target):

@@ -22,6 +22,19 @@ Maps are computed by :class:`igcam_fast.CamEngine`: no host copies inside the lo
 parameter gradients (the backward runs from the class scores to the layer only, so frozen
 models with ``requires_grad=False`` parameters work), post-processing on the input's device.
 
+Extension points. A subclass that overrides ``get_cam_weights``, ``get_cam_image``,
+``compute_cam_per_layer``, ``aggregate_multi_layers`` or ``get_target_width_height`` (upstream's
+documented way to write a new CAM) gets upstream's code path, which calls them: upstream's
+``BaseCAM.forward`` for ``GradCAM``/``GradCAMPlusPlus``, and for ``IntegratedGradCAM`` the same
+steps at every path point (:mod:`igcam_fast.compat._upstream_path`). That path costs what
+upstream costs (a whole-model backward and host copies per path point); see docs/adapters.md.
+
+``cam.activations_and_grads`` is an upstream ``ActivationsAndGradients`` whose ``activations``
+and ``gradients`` lists hold, after a call, one (N, K, h, w) tensor per target layer (after
+``reshape_transform``), as upstream's do: N = B for Grad-CAM and Grad-CAM++; for Integrated
+Grad-CAM the B·m path images, image-major (row b·m + t is image b at node α_t). On the fast
+path they stay on the input's device (upstream's are on the CPU).
+
 Differences from upstream (on purpose):
     * ``return_tensor=True`` (constructor keyword or attribute) returns the float32 device tensor
       instead of a numpy array.
@@ -36,11 +49,16 @@ Differences from upstream (on purpose):
     * several target layers are averaged as upstream does (per-layer min-max at layer resolution,
       bilinear resize, mean, min-max), but each layer costs its own forward pass.
     * the model must return (B, classes) scores: targets on other outputs (e.g. upstream's
-      ``SemanticSegmentationTarget``) and 3-D (5-D tensor) layers are not supported.
+      ``SemanticSegmentationTarget``) are not supported. 3-D (5-D tensor) inputs run upstream's
+      path for ``GradCAM``/``GradCAMPlusPlus``; ``IntegratedGradCAM`` refuses them.
     * ``eigen_smooth=True``: ``GradCAM``/``GradCAMPlusPlus`` run upstream's own code for it
-      (with upstream's costs: host copies, whole-model backward); ``IntegratedGradCAM`` raises
-      ``NotImplementedError``. ``aug_smooth=True`` is upstream's test-time augmentation
+      (with upstream's costs); ``IntegratedGradCAM`` projects the *integrated* weighted
+      activations Σ_t ω_t w_k(α_t) (A_k(α_t) − A_k(x')) on their first principal component
+      (docs/adapters.md). ``aug_smooth=True`` is upstream's test-time augmentation
       (``cam.tta_transforms``), run on the device.
+    * ``IntegratedGradCAM``'s baseline when none is given: black pixels through the model's
+      mean/std when they are known (``mean=``/``std=`` or carried by the model), else through
+      ImageNet's for 3-channel inputs, else zeros (e.g. 1-channel models).
     * ``__exit__`` does not swallow ``IndexError`` as upstream's does.
 """
 
@@ -54,13 +72,19 @@ from pytorch_grad_cam import GradCAM as _UpstreamGradCAM
 from pytorch_grad_cam import GradCAMPlusPlus as _UpstreamGradCAMPlusPlus
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from igcam_fast import ops
+from igcam_fast.compat._upstream_path import (callable_targets, integrated_upstream_forward, keep_lists_release,
+                                              upstream_forward)
 from igcam_fast.core.engine import CamEngine
+from igcam_fast.core.preprocessing import preprocessing_of
 from igcam_fast.ops import minmax_scale as _minmax
 
 __all__ = ["IntegratedGradCAM", "GradCAM", "GradCAMPlusPlus"]
+
+#: BaseCAM's documented extension points: a subclass overriding one of them gets upstream's path.
+EXTENSION_POINTS = ("get_cam_weights", "get_cam_image", "compute_cam_per_layer", "aggregate_multi_layers",
+                    "get_target_width_height")
 
 
 def _check_targets(targets, batch: int):
@@ -88,6 +112,47 @@ def _check_targets(targets, batch: int):
     return list(targets)
 
 
+class _Capture:
+    """Keeps the layer's activations and gradients of every engine forward (what upstream's
+    ActivationsAndGradients holds), from a forward hook registered after the engine's own.
+
+    The engine's hook hands the rest of the model a tensor that requires grad in its gradient
+    forwards only (argmax and baseline-feature forwards carry none, as upstream's hooks skip
+    them too). A chunk is kept when its gradient arrives, so a forward that did not reach its
+    backward (a failed trial) leaves nothing behind.
+    """
+
+    def __init__(self, layer: torch.nn.Module, reshape_transform):
+        self.reshape_transform = reshape_transform
+        self.chunks: list = []
+        self._handle = layer.register_forward_hook(self._on_output)
+
+    def _shaped(self, t):
+        return self.reshape_transform(t) if self.reshape_transform is not None else t
+
+    def _on_output(self, module, inputs, output):
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return None
+        # a copy: an in-place op after the layer (ReLU(inplace=True)) must not change what is kept
+        activation = self._shaped(output.detach()).clone()
+        output.register_hook(lambda grad: self.chunks.append((activation, self._shaped(grad.detach()))))
+        return None
+
+    def take(self, rows: int):
+        """(activations, gradients) of the last call, each (rows, K, h, w); empties the store."""
+        chunks, self.chunks = self.chunks, []
+        if sum(a.shape[0] for a, _ in chunks) != rows:
+            raise RuntimeError(f"activations_and_grads: captured {sum(a.shape[0] for a, _ in chunks)} rows of layer "
+                               f"activations for {rows} path images; the engine's forwards changed. Report this.")
+        return torch.cat([a for a, _ in chunks]), torch.cat([g for _, g in chunks])
+
+    def close(self):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.chunks = []
+
+
 class _FastCAM(BaseCAM):
     """The common body of the fast classes (not for direct use)."""
 
@@ -104,17 +169,19 @@ class _FastCAM(BaseCAM):
                                 "(fixed by pytorch-grad-cam's output contract)")
         self._outputs = None
         self._pending_input = None
-        self._engines = []
+        self._engines: dict = {}  # baseline spec -> one engine per target layer
+        self._captures: list = []
+        self._closed = False
         # Upstream's constructor: model.eval(), self.device, tta_transforms, the flags its forward reads.
         BaseCAM.__init__(self, model, list(target_layers), reshape_transform, tta_transforms=tta_transforms)
         # Its hooks copy activations and gradients to the host on every forward: not on this path.
+        # The object stays, without hooks, to hold the last call's activations and gradients.
         self.activations_and_grads.release()
         self.return_tensor = bool(return_tensor)
-        self._engines = [
-            CamEngine(model, layer, method=self._method, reshape_transform=reshape_transform, relu=True,
-                      normalize=False, output_size="layer", **engine_options)
-            for layer in self.target_layers
-        ]
+        self._engine_options = engine_options
+        self._batch_size = None
+        self._engines_for(None)  # validates the options now, not at the first call
+        self._captures = [_Capture(layer, reshape_transform) for layer in self.target_layers]
         self.batch_size = batch_size
 
     # ---- attributes of upstream's interface ---------------------------------------------------
@@ -129,8 +196,9 @@ class _FastCAM(BaseCAM):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {value!r}")
         self._batch_size = None if value is None else int(value)
-        for engine in self._engines:
-            engine.batch_rows = self._batch_size
+        for engines in self._engines.values():
+            for engine in engines:
+                engine.batch_rows = self._batch_size
 
     @property
     def outputs(self):
@@ -144,6 +212,45 @@ class _FastCAM(BaseCAM):
     @outputs.setter
     def outputs(self, value) -> None:
         self._outputs, self._pending_input = value, None
+
+    # ---- engines -----------------------------------------------------------------------------
+
+    def _baseline_spec(self, channels: Optional[int]):
+        """The engine's ``baseline`` for inputs with ``channels`` channels (None: the constructor's).
+
+        Given by the user: theirs. Else black pixels, which need the model's mean/std: given
+        (``mean=``/``std=``) or carried by the model, or ImageNet's for 3 channels; with none
+        known for another channel count, zeros.
+        """
+        options = self._engine_options
+        if "baseline" in options:
+            return options["baseline"]
+        if channels is None or channels == 3 or "mean" in options or "std" in options:
+            return "black"
+        return "black" if preprocessing_of(self.model) is not None else "zeros"
+
+    def _engines_for(self, channels: Optional[int]) -> list:
+        spec = self._baseline_spec(channels)
+        key = spec if isinstance(spec, str) else id(spec)
+        if key not in self._engines:
+            options = {**self._engine_options, "baseline": spec} if self._method == "igcam" else self._engine_options
+            self._engines[key] = [
+                CamEngine(self.model, layer, method=self._method, reshape_transform=self.reshape_transform,
+                          relu=True, normalize=False, output_size="layer", batch_rows=self._batch_size, **options)
+                for layer in self.target_layers
+            ]
+            # the capture hooks must run after every engine's hook (they read what it hands on)
+            for capture in self._captures:
+                capture.close()
+            if self._captures:
+                self._captures = [_Capture(layer, self.reshape_transform) for layer in self.target_layers]
+        return self._engines[key]
+
+    def _overridden_extension_points(self) -> list:
+        """Names of EXTENSION_POINTS that type(self) overrides relative to its fast class."""
+        cls = type(self)
+        native = next(c for c in cls.__mro__ if c in _FAST_CLASSES)
+        return [name for name in EXTENSION_POINTS if getattr(cls, name) is not getattr(native, name)]
 
     # ---- the call ----------------------------------------------------------------------------
 
@@ -171,17 +278,17 @@ class _FastCAM(BaseCAM):
         return maps if self.return_tensor else maps.cpu().numpy()
 
     def _maps(self, input_tensor: torch.Tensor, targets, eigen_smooth: bool) -> torch.Tensor:
-        if not self._engines or any(e._hook is None for e in self._engines):
+        if self._closed:
             raise RuntimeError(f"this {type(self).__name__} was closed (left its `with` block); create a new one")
         if not isinstance(input_tensor, torch.Tensor):
             raise TypeError(f"input_tensor must be a torch.Tensor, got {type(input_tensor).__name__}")
         x = input_tensor.to(self.device)
-        if x.dim() != 4:
-            raise ValueError(f"input_tensor must be (B, C, H, W), got shape {tuple(x.shape)} "
-                             "(3-D volumes are not supported by the fast path)")
+        if x.dim() not in (4, 5):
+            raise ValueError(f"input_tensor must be (B, C, H, W) (or (B, C, D, H, W)), got shape {tuple(x.shape)}")
         targets = _check_targets(targets, x.shape[0])
-        if eigen_smooth:
-            return self._eigen_smooth(x, targets)
+        overridden = self._overridden_extension_points()
+        if overridden or eigen_smooth or x.dim() == 5:
+            return self._upstream_path(x, targets, eigen_smooth, overridden)
         if targets is None:
             with torch.no_grad():
                 logits = self.model(x)
@@ -189,7 +296,15 @@ class _FastCAM(BaseCAM):
             targets = logits.argmax(dim=-1)
         else:
             self._outputs, self._pending_input = None, x
-        per_layer = [engine.explain(x, targets).layer_maps for engine in self._engines]
+        engines = self._engines_for(x.shape[1])
+        activations, gradients, per_layer = [], [], []
+        for engine, capture in zip(engines, self._captures):
+            capture.chunks = []
+            per_layer.append(engine.explain(x, targets).layer_maps)
+            a, g = capture.take(x.shape[0] * engine.steps)
+            activations.append(a)
+            gradients.append(g)
+        self.activations_and_grads.activations, self.activations_and_grads.gradients = activations, gradients
         size = tuple(x.shape[-2:])
         if len(per_layer) == 1:
             # upstream: min-max at layer resolution, resize, min-max again. Not one min-max after the
@@ -198,20 +313,28 @@ class _FastCAM(BaseCAM):
         scaled = torch.stack([ops.upsample(_minmax(m), size) for m in per_layer], dim=1)
         return _minmax(scaled.clamp(min=0).mean(dim=1))
 
-    def _eigen_smooth(self, x, targets) -> torch.Tensor:
-        raise NotImplementedError(
-            f"eigen_smooth=True is not supported by {type(self).__name__}: the principal-component projection needs "
-            "the per-channel weighted activations of every path point, which the fused engine never materialises. "
-            "Use eigen_smooth=False (or upstream's EigenGradCAM for the eigen variant).")
+    def _upstream_path(self, x, targets, eigen_smooth: bool, overridden: list) -> torch.Tensor:
+        """Upstream's own forward (GradCAM, GradCAM++), honouring every extension point."""
+        self.activations_and_grads = ActivationsAndGradients(self.model, self.target_layers,
+                                                             self.reshape_transform, self.detach)
+        try:
+            cam = upstream_forward(self, x, callable_targets(targets), eigen_smooth)
+        finally:
+            keep_lists_release(self.activations_and_grads)
+        return torch.from_numpy(np.ascontiguousarray(cam)).to(x.device)
 
     # ---- lifetime ----------------------------------------------------------------------------
 
     def release(self) -> None:
         """Remove every hook from the model (also done by ``with`` and on deletion). Idempotent."""
-        for engine in self._engines:
-            engine.close()
+        self._closed = True
+        for engines in getattr(self, "_engines", {}).values():
+            for engine in engines:
+                engine.close()
+        for capture in getattr(self, "_captures", []):
+            capture.close()
         if getattr(self, "activations_and_grads", None) is not None:
-            self.activations_and_grads.release()
+            keep_lists_release(self.activations_and_grads)
 
     def __enter__(self):
         return self
@@ -227,23 +350,6 @@ class _FastCAM(BaseCAM):
             pass
 
 
-class _UpstreamEigenSmooth:
-    """eigen_smooth through upstream's own forward (its weights, projection and post-processing)."""
-
-    def _eigen_smooth(self, x, targets) -> torch.Tensor:
-        if isinstance(targets, torch.Tensor):
-            targets = targets.tolist()
-        if targets is not None:
-            targets = [ClassifierOutputTarget(int(t)) if isinstance(t, (int, np.integer)) else t for t in targets]
-        self.activations_and_grads = ActivationsAndGradients(self.model, self.target_layers,
-                                                             self.reshape_transform, self.detach)
-        try:
-            cam = BaseCAM.forward(self, x, targets, eigen_smooth=True)
-        finally:
-            self.activations_and_grads.release()
-        return torch.from_numpy(np.ascontiguousarray(cam)).to(x.device)
-
-
 class IntegratedGradCAM(_FastCAM):
     """Integrated Grad-CAM (Sattarzadeh et al. 2021) with pytorch-grad-cam's interface.
 
@@ -256,8 +362,30 @@ class IntegratedGradCAM(_FastCAM):
 
     _method = "igcam"
 
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+        """Grad-CAM's weights (the spatial mean of the gradient), at every path point."""
+        return _UpstreamGradCAM.get_cam_weights(self, input_tensor, target_layer, targets, activations, grads)
 
-class GradCAM(_UpstreamEigenSmooth, _FastCAM, _UpstreamGradCAM):
+    def _upstream_path(self, x, targets, eigen_smooth: bool, overridden: list) -> torch.Tensor:
+        if "compute_cam_per_layer" in overridden:
+            raise NotImplementedError(
+                f"{type(self).__name__} overrides compute_cam_per_layer, which reads one forward's activations and "
+                "gradients; Integrated Grad-CAM has one per path point and no single pair to give it. Override "
+                "get_cam_weights or get_cam_image (called at every path point) instead.")
+        if x.dim() != 4:
+            raise ValueError(f"IntegratedGradCAM needs (B, C, H, W) inputs, got shape {tuple(x.shape)}")
+        engine = self._engines_for(x.shape[1])[0]
+        self.activations_and_grads = ActivationsAndGradients(self.model, self.target_layers,
+                                                             self.reshape_transform, self.detach)
+        try:
+            cam = integrated_upstream_forward(self, engine, x, callable_targets(targets), eigen_smooth,
+                                              "get_cam_image" in overridden)
+        finally:
+            keep_lists_release(self.activations_and_grads)
+        return torch.from_numpy(np.ascontiguousarray(cam)).to(x.device)
+
+
+class GradCAM(_FastCAM, _UpstreamGradCAM):
     """Grad-CAM, equal to ``pytorch_grad_cam.GradCAM`` (to float32 rounding) without its costs.
 
     ``GradCAM(model, target_layers, reshape_transform=None, *, tta_transforms=None,
@@ -267,10 +395,13 @@ class GradCAM(_UpstreamEigenSmooth, _FastCAM, _UpstreamGradCAM):
     _method = "gradcam"
 
 
-class GradCAMPlusPlus(_UpstreamEigenSmooth, _FastCAM, _UpstreamGradCAMPlusPlus):
+class GradCAMPlusPlus(_FastCAM, _UpstreamGradCAMPlusPlus):
     """Grad-CAM++, equal to ``pytorch_grad_cam.GradCAMPlusPlus`` (same closed form) without its costs.
 
     Same constructor and call as :class:`GradCAM`. See the module docstring.
     """
 
     _method = "gradcampp"
+
+
+_FAST_CLASSES = (IntegratedGradCAM, GradCAM, GradCAMPlusPlus)

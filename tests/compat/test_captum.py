@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 captum_attr = pytest.importorskip("captum.attr")
 torchvision = pytest.importorskip("torchvision")
@@ -9,7 +10,7 @@ torchvision = pytest.importorskip("torchvision")
 from captum.attr import InternalInfluence, LayerActivation, LayerAttribution, LayerGradCam  # noqa: E402
 from captum.attr._utils.approximation_methods import approximation_parameters  # noqa: E402
 
-from igcam_fast.compat.captum import LayerIntegratedGradCam  # noqa: E402
+from igcam_fast.compat.captum import CaptumTargetError, LayerIntegratedGradCam  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +107,52 @@ def test_functions_tuple_targets_scalar_outputs_and_args(net, x):
 
 def test_unsupported_arguments_raise(net, x):
     lig = LayerIntegratedGradCam(net, net.layer4)
-    with pytest.raises(NotImplementedError, match="attribute_to_layer_input"):
-        lig.attribute(x, target=1, attribute_to_layer_input=True)
-    with pytest.raises(NotImplementedError, match="attr_dim_summation"):
-        lig.attribute(x, target=1, attr_dim_summation=False)
-    with pytest.raises(NotImplementedError, match="several input tensors"):
-        lig.attribute((x, x), target=1)
     with pytest.raises(NotImplementedError, match="additional_forward_args"):
         lig.attribute(x, target=1, additional_forward_args=(torch.ones(3, 10),))
+    with pytest.raises(NotImplementedError, match="grad_kwargs"):
+        lig.attribute(x, target=1, grad_kwargs={"create_graph": True})
+    with pytest.raises(NotImplementedError, match="dtypes"):
+        lig.attribute((x, x.double()), target=1)
     with pytest.raises(ValueError):
         lig.attribute(x, target=[1, 2])
+
+
+def test_captum_target_checks_with_captum_words(net, x):
+    """require_2d and friends: the cases captum refuses, refused with captum's messages."""
+    grid = LayerIntegratedGradCam(lambda inp: net(inp).reshape(-1, 2, 5), net.layer4)
+    for target, words in ((1, "Target not provided when necessary"),  # an int on a (N, 2, 5) output
+                          ([1, 2, 3], "Output must be 2D to select tensor of targets."),
+                          (torch.tensor([1, 2, 3]), "Output must be 2D to select tensor of targets."),
+                          ((1, 2, 3), "Cannot choose target column with output shape"),
+                          ([1, 2], "Target list length does not match output!")):
+        with pytest.raises(CaptumTargetError, match=words):
+            grid.attribute(x, target=target, n_steps=2)
+        with pytest.raises(AssertionError):  # what captum raises for each of them
+            LayerGradCam(lambda inp: net(inp).reshape(-1, 2, 5), net.layer4).attribute(x, target=target)
+
+
+def test_captum_layer_and_input_forms_equal_captum(net, x):
+    """Linear layers, layer inputs, several inputs, per-channel maps: n_steps=1 at the input is LayerGradCam."""
+    def gradcam_setting(forward, layer, inputs, **kwargs):
+        ours = LayerIntegratedGradCam(forward, layer, subtract_baseline=False)
+        return ours.attribute(inputs, n_steps=1, method="riemann_right", **kwargs)
+
+    target = [1, 5, 7]
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    for model, layer, kwargs in ((net, net.fc, {}), (net, net.layer4, dict(attribute_to_layer_input=True)),
+                                 (net, net.avgpool, {}),
+                                 (small, small[2], dict(attr_dim_summation=False)),  # one pass per channel
+                                 (small, small[2], dict(attr_dim_summation=False, attribute_to_layer_input=True))):
+        expected = LayerGradCam(model, layer).attribute(x, target=target, **kwargs)
+        got = gradcam_setting(model, layer, x, target=target, **kwargs)
+        assert got.shape == expected.shape, (layer, kwargs)
+        close(got, expected.detach(), 1e-5)
+    two = lambda a, b: net(a + b)  # noqa: E731
+    half = x / 2
+    expected = LayerGradCam(two, net.layer4).attribute((half, half), target=target)
+    close(gradcam_setting(two, net.layer4, (half, half), target=target), expected.detach(), 1e-5)
+    # integrated, several inputs: the straight path in both inputs is the path of their sum
+    both = LayerIntegratedGradCam(two, net.layer4).attribute((half, half), target=target, n_steps=3)
+    close(both, LayerIntegratedGradCam(net, net.layer4).attribute(x, target=target, n_steps=3), 1e-5)

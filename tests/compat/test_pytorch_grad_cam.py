@@ -185,8 +185,8 @@ def test_aug_smooth_and_eigen_smooth():
             np.testing.assert_allclose(cam(x[:batch], targets[:batch], **smooth), expected, atol=1e-4)
     with fast.IntegratedGradCAM(net, [net.layer4[-1]], steps=2, tta_transforms=transforms) as cam:
         assert cam(x, targets, aug_smooth=True).shape == (2, 64, 64)
-        with pytest.raises(NotImplementedError, match="eigen_smooth"):
-            cam(x, targets, eigen_smooth=True)
+        eigen = cam(x, targets, eigen_smooth=True)  # the integrated weighted activations' first component
+        assert eigen.shape == (2, 64, 64) and eigen.dtype == np.float32 and 0 <= eigen.min() and eigen.max() <= 1
 
 
 def test_integrated_gradcam_is_the_engine_with_upstream_post_processing():
