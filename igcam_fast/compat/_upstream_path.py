@@ -83,7 +83,7 @@ def integrated_upstream_forward(cam, engine, x: torch.Tensor, targets, eigen_smo
     B = x.shape[0]
     alphas = engine.alphas.tolist()
     step_weights = engine.step_weights.tolist()
-    base = engine._baseline_image(x)  # the engine's rule for x' (C, H, W) or (B, C, H, W)
+    base = engine.baseline_image(x)  # the engine's rule for x' (C, H, W) or (B, C, H, W)
     base = base.expand_as(x) if base.dim() == 3 else base
     layers = cam.target_layers
     with torch.no_grad():

@@ -235,8 +235,11 @@ class _FastCAM(BaseCAM):
         if key not in self._engines:
             options = {**self._engine_options, "baseline": spec} if self._method == "igcam" else self._engine_options
             self._engines[key] = [
+                # closed_form_head=False: upstream's activations_and_grads holds the gradients at the
+                # layer after every call, so the head backward (small) runs; its forward is captured too.
                 CamEngine(self.model, layer, method=self._method, reshape_transform=self.reshape_transform,
-                          relu=True, normalize=False, output_size="layer", batch_rows=self._batch_size, **options)
+                          relu=True, normalize=False, output_size="layer", batch_rows=self._batch_size,
+                          closed_form_head=False, **options)
                 for layer in self.target_layers
             ]
             # the capture hooks must run after every engine's hook (they read what it hands on)

@@ -33,13 +33,14 @@ with the list of known ones.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import re
 
 import numpy as np
 import torch
 from torch import nn
 
+from igcam_fast.core.config import CamConfig
 from igcam_fast.core.engine import CamEngine
 from igcam_fast.core.engine import resolve_layer as engine_resolve_layer
 
@@ -57,8 +58,8 @@ _OWN_METHODS = ("igcam", "gradcam", "gradcampp")
 _QUANTUS_KEYWORDS = ("gc_layer", "xai_lib_kwargs", "interpolate", "interpolate_mode", "softmax", "reduce_axes",
                      "keepdims", "xai_lib", "channel_first", "abs", "normalise", "device")
 _OWN_KEYWORDS = ("layer", "method", "normalize", "batch_rows")
-_ENGINE_KEYWORDS = tuple(name for name in inspect.signature(CamEngine.__init__).parameters
-                         if name not in ("self", "model", "layer", "method", "normalize", "batch_rows", "output_size"))
+_ENGINE_KEYWORDS = tuple(f.name for f in dataclasses.fields(CamConfig)
+                         if f.name not in ("method", "normalize", "batch_rows", "output_size"))
 KNOWN_KEYWORDS = tuple(sorted(set(_QUANTUS_KEYWORDS + _OWN_KEYWORDS + _ENGINE_KEYWORDS)))
 
 _EXPRESSION_STEP = re.compile(r"\.([A-Za-z_]\w*)|\[(-?\d+)\]")

@@ -113,6 +113,11 @@ class CamEngine(LayerExplainer):
     rule = property(lambda self: self.config.rule)
     steps = property(lambda self: self.config.steps)
     subtract_baseline = property(lambda self: self.config.subtract_baseline)
+    relu = property(lambda self: self.config.relu)
+
+    def baseline_image(self, x) -> torch.Tensor:
+        """x' for x (B, C, H, W) by this engine's rule: (C, H, W) shared or (B, C, H, W) per image."""
+        return resolve_baseline(self.config.baseline, x, self.mean, self.std).image
 
     # ---- the hook ----------------------------------------------------------------------------
 
@@ -149,16 +154,16 @@ class CamEngine(LayerExplainer):
         contiguous, and that input shape is remembered as contiguous-only; the maps are the same.
         """
         key = tuple(images.shape[1:])
+        trying = self.config.channels_last is None and key not in self._layout_by_shape  # channels_last, untried
         try:
             result = self._forward_once(images, mode, autocast)
         except RuntimeError as err:
-            if (self.config.channels_last is not None or key in self._layout_by_shape or isinstance(
-                    err, torch.cuda.OutOfMemoryError) or images.is_contiguous()):
+            if not trying or isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
             self._layout_by_shape[key] = False
-            return self._forward_once(images.contiguous(), mode, autocast)
-        if mode == "grad" and not images.is_contiguous():  # the whole model ran in this layout
-            self._layout_by_shape.setdefault(key, True)
+            return self._forward_once(_laid_out(images, channels_last=False), mode, autocast)
+        if mode == "grad" and trying:  # the whole model ran in this layout
+            self._layout_by_shape[key] = True
         return result
 
     def _forward_once(self, images, mode, autocast):
@@ -275,9 +280,8 @@ class CamEngine(LayerExplainer):
         channels_last = self._channels_last(x)
 
         def compute():
-            layout = torch.channels_last if channels_last else torch.contiguous_format
             for autocast in _precisions(config.autocast):
-                rows = images.to(autocast or x.dtype).contiguous(memory_format=layout)
+                rows = _laid_out(images.to(autocast or x.dtype), channels_last)
                 features = self._to_maps(self._forward(rows, "features", autocast)[0])
                 if bool(torch.isfinite(features).all()):
                     return features if not baseline.shared else features[0]
@@ -320,8 +324,7 @@ class CamEngine(LayerExplainer):
         channels_last = self._channels_last(x)
         with record_function("igcam::path"):
             if not self._method.walks_path:  # one point, the input itself, bit for bit
-                layout = torch.channels_last if channels_last else torch.contiguous_format
-                path = x[images].to(forward_dtype).contiguous(memory_format=layout)
+                path = _laid_out(x[images].to(forward_dtype), channels_last)
             else:
                 path = ops.path_images(x[images], baseline.rows(images), alphas, dtype=forward_dtype,
                                        channels_last=channels_last, backend=self.config.backend)
@@ -383,6 +386,16 @@ class CamEngine(LayerExplainer):
         size = tuple(self.config.output_size or input_size)
         return ops.upsample(flat, size, normalize=self.config.normalize,
                             backend=self.config.backend).reshape(B, T, *size)
+
+
+def _laid_out(images, channels_last: bool):
+    """images in the channels_last or the standard contiguous layout. For one channel the two are
+    both "contiguous", so the standard strides are made explicitly (a convolution reads the strides
+    to choose its output's layout)."""
+    if channels_last:
+        return images.contiguous(memory_format=torch.channels_last)
+    standard = torch.empty(images.shape, device="meta").stride()
+    return images if images.stride() == standard else images.clone(memory_format=torch.contiguous_format)
 
 
 def _autocast(device, dtype):

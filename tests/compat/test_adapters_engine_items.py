@@ -21,11 +21,6 @@ from igcam_fast.compat import pytorch_grad_cam as fast  # noqa: E402
 from igcam_fast.compat.captum import LayerIntegratedGradCam  # noqa: E402
 from igcam_fast.compat.quantus import explain_func  # noqa: E402
 
-NEEDS_MEMORY_FORMAT = pytest.mark.xfail(
-    reason="needs the engine's channels_last decision per model and shape (trial, fallback on the stride error)",
-    strict=False)
-NEEDS_TRAINING_CHECK = pytest.mark.xfail(
-    reason="needs the engine's training-mode check (refuse only train-dependent modules, named)", strict=False)
 
 
 class TutorialNet(nn.Module):
@@ -60,7 +55,6 @@ ENTRIES = {
 }
 
 
-@NEEDS_MEMORY_FORMAT
 @pytest.mark.parametrize("entry", list(ENTRIES))
 def test_view_model_through_every_entry(tutorial, entry):
     net, x = tutorial
@@ -68,7 +62,6 @@ def test_view_model_through_every_entry(tutorial, entry):
     np.testing.assert_array_equal(got, ENTRIES[entry](net, x, channels_last=False))
 
 
-@NEEDS_TRAINING_CHECK
 def test_training_mode_with_batchnorm_is_refused_by_name():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -78,7 +71,6 @@ def test_training_mode_with_batchnorm_is_refused_by_name():
     assert "'1'" in str(info.value) or "1" in str(info.value)
 
 
-@NEEDS_TRAINING_CHECK
 def test_training_mode_without_such_modules_runs_as_captum():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))

@@ -71,9 +71,6 @@ CASES = {
         lambda: [[[[14.5, 19.0], [32.5, 37.0]]]], {}),
 }
 
-NEEDS_ENGINE_TRAINING_CHECK = pytest.mark.xfail(
-    reason="needs the engine's training-mode check: captum's test models are in training mode and hold no "
-           "BatchNorm/Dropout, so they should run", strict=False)
 
 
 def _attribution(implementation, net, layer):
@@ -91,8 +88,7 @@ def _attribute(implementation, explainer, inputs, **kwargs):
 def _params():
     for implementation in ("captum", "adapter"):
         for mode in ("as_is", "eval"):
-            marks = [NEEDS_ENGINE_TRAINING_CHECK] if (implementation, mode) == ("adapter", "as_is") else []
-            yield pytest.param(implementation, mode, marks=marks, id=f"{implementation}-{mode}")
+            yield pytest.param(implementation, mode, id=f"{implementation}-{mode}")
 
 
 @pytest.mark.parametrize("implementation,mode", list(_params()))
