@@ -10,3 +10,14 @@ imports it: commands call the library, and each other's functions, never argv st
 
 class CommandError(Exception):
     """A mistake in what the user asked for, shown as one line (exit status 2), never a traceback."""
+
+
+def run_with_argv(command, argv=None):
+    """Parse ``argv`` with a command module's own arguments and run it: ``igcam-fast <command> ARGS``
+    without the process (what tests and scripts that drive one command use)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"igcam-fast {command.NAME}", description=command.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from igcam_fast.commands import CommandError
+from igcam_fast.commands import CommandError, run_with_argv
 from igcam_fast.commands.common import DEVICE_HELP, check_layer, default_device, load_model_or_explain, parse_device
 from igcam_fast.evaluation import metrics as Mx
 from igcam_fast.evaluation.channel_cams import EXTRA_METHODS, make_extra
@@ -429,10 +429,8 @@ def command_line(options: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="igcam-fast evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """This command with command-line arguments, in this process."""
+    return run_with_argv(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

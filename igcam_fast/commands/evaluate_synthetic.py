@@ -15,6 +15,7 @@ and writes everything to --out (summary.md, summary.json and one folder per mode
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import math
 import statistics
@@ -25,7 +26,7 @@ import torch
 
 from igcam_fast.evaluation import metrics as Mx
 from igcam_fast.core.engine import CamEngine
-from igcam_fast.commands import CommandError
+from igcam_fast.commands import CommandError, run_with_argv
 from igcam_fast.commands.common import DEVICE_HELP, default_device, parse_device
 from igcam_fast.commands.evaluate import (DEFAULT_METHODS, build_explainer, command_line, evaluate_voc, format_table,
                                           method_label, parse_methods)
@@ -200,10 +201,8 @@ def _chance(root) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="igcam-fast evaluate-synthetic", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """This command with command-line arguments, in this process."""
+    return run_with_argv(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

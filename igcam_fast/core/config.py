@@ -113,7 +113,8 @@ class CamConfig:
         walks_path = get_method(method).walks_path
         unknown = sorted(set(options) - {f.name for f in fields(cls)} - {"method", "preset"})
         if unknown:
-            raise TypeError(f"unknown option(s) {unknown}; the options are {sorted(f.name for f in fields(cls))}")
+            raise TypeError(f"unexpected keyword argument(s) {unknown}: not options of the engine; the options are "
+                            f"{sorted(f.name for f in fields(cls))}")
         if walks_path:
             if preset is not None and preset not in PRESETS:
                 raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")

@@ -210,7 +210,7 @@ def test_gradcam_with_the_baseline_subtracted_is_the_ablation_preset():
     (dict(steps=10**6), ValueError, "steps must be at most"),
     (dict(baseline=torch.zeros(3, 8, 8, device="meta")), ValueError, "baseline is on meta"),
     (dict(mean=(0.5, 0.5, 0.5), std=(0.2, 0.2)), ValueError, "same length"),
-    (dict(nonsense=1), TypeError, "unknown option"),
+    (dict(nonsense=1), TypeError, "unexpected keyword argument"),
 ])
 def test_misuse_is_named_before_any_forward(options, error, match):
     net = small_cnn()

@@ -87,19 +87,22 @@ def read_split(root: Path, split: str) -> list[str]:
     return ids
 
 
+def _parse(path: Path) -> ET.ElementTree:
+    try:
+        return ET.parse(path)
+    except ET.ParseError as err:
+        raise VocError(f"{path}: malformed XML ({err})") from None
+    except OSError as err:
+        raise VocError(f"{path}: cannot read ({err})") from None
+
+
 def object_names(path: Path) -> list[str]:
     """The class names of an annotation's objects in file order (repeats and difficult ones kept).
 
     Reads only the names (no size or box checks): what a data-set command needs to choose targets.
     VocError naming the file when it cannot be read or parsed.
     """
-    try:
-        tree = ET.parse(path)
-    except ET.ParseError as err:
-        raise VocError(f"{path}: malformed XML ({err})") from None
-    except OSError as err:
-        raise VocError(f"{path}: cannot read ({err})") from None
-    return [(o.findtext("name") or "").strip() for o in tree.getroot().iter("object")]
+    return [(o.findtext("name") or "").strip() for o in _parse(path).getroot().iter("object")]
 
 
 def _int(node, tag, where):
@@ -114,13 +117,7 @@ def _int(node, tag, where):
 
 def parse_annotation(path: Path, classes) -> tuple[int, int, list[VocObject], str | None]:
     """(width, height, objects, filename) of one annotation file; VocError naming it on any problem."""
-    try:
-        tree = ET.parse(path)
-    except ET.ParseError as err:
-        raise VocError(f"{path}: malformed XML ({err})") from None
-    except OSError as err:
-        raise VocError(f"{path}: cannot read ({err})") from None
-    root = tree.getroot()
+    root = _parse(path).getroot()
     size = root.find("size")
     if size is None:
         raise VocError(f"{path}: no <size> element")
