@@ -57,7 +57,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def offline_photos() -> dict[str, np.ndarray]:
-    """The real photos that ship with installed packages (SPEC §3): scikit-image's four, two of
+    """The real photos that ship with installed packages: scikit-image's four, two of
     scikit-learn's and matplotlib's grace_hopper, each (H, W, 3) uint8; those that fail to load
     are left out (a warning names them)."""
     photos = {p.name: p.image for p in bundled_photos()}

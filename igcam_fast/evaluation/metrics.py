@@ -1,4 +1,4 @@
-"""Localisation and faithfulness metrics of saliency maps (SPEC §2), batched on the inputs' device.
+"""Localisation and faithfulness metrics of saliency maps, batched on the inputs' device.
 
 Every function takes N explained (image, class) pairs at once: maps ``(N, H, W)`` (float, at input
 resolution) and masks ``(N, H, W)`` (bool: the union of the class's ground-truth boxes). Nothing
@@ -90,7 +90,7 @@ def count_zero(maps: torch.Tensor) -> int:
 # ---- localisation --------------------------------------------------------------------------------
 
 def ebpg(maps: torch.Tensor, masks: torch.Tensor, *, zero_map: str = "uniform") -> torch.Tensor:
-    """Energy-based pointing game Σ(L ⊙ M) / Σ L per pair, in [0, 1] (SPEC §2).
+    """Energy-based pointing game Σ(L ⊙ M) / Σ L per pair, in [0, 1].
 
     Identical to Quantus' RelevanceMassAccuracy. zero_map: "uniform" (an all-zero map scores
     Σ M / (H·W), chance) or "nan".
@@ -244,7 +244,7 @@ def drop_increase_from_confidences(base: torch.Tensor, masked: torch.Tensor):
 def drop_increase(model: Callable, x: torch.Tensor, maps: torch.Tensor, classes, *, mean, std,
                   protocol: str = "top15", fraction: float = 0.15, kind: str = "sigmoid",
                   image_index=None, base_confidence: torch.Tensor | None = None, batch_size: int = 64) -> dict:
-    """Drop% and Increase% of N pairs (SPEC §2), running the model on the masked images.
+    """Drop% and Increase% of N pairs, running the model on the masked images.
 
     x: (B, C, H, W) images in model-input space; maps: (N, H, W); classes: (N,) the explained
     class of each pair; image_index: (N,) which image of x each pair explains (default: pair i is

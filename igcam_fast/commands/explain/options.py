@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from igcam_fast.commands import CommandError
+from igcam_fast.core.config import PRESETS
 from igcam_fast.images.decode import DEFAULT_MAX_PIXELS
 
 DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -35,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or a label file ('id class [class ...]' per line)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", default="igcam", choices=["igcam", "gradcam", "gradcampp"])
-    p.add_argument("--preset", help="igcam preset: default, paper, demo, gradcam_minus_baseline")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help=f"igcam preset: {', '.join(PRESETS)} (default: default, Gauss-Legendre m=10)")
     p.add_argument("--steps", type=int, help="igcam path points m (default: the library's)")
     p.add_argument("--rule", help="igcam quadrature rule (default: the library's)")
     p.add_argument("--baseline", default="black", choices=["black", "zeros"])
