@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from igcam_fast.commands import CommandError
-from igcam_fast.commands.evaluate import METHOD_LABELS, build_explainer
+from igcam_fast.evaluation.protocol import METHOD_LABELS, build_explainer
 from igcam_fast.evaluation import evidence, grids as G
 from igcam_fast.evaluation.randomisation import cascade_stages
 from igcam_fast.evaluation.statistics import describe, paired_difference

@@ -28,8 +28,8 @@ from igcam_fast.evaluation import metrics as Mx
 from igcam_fast.core.engine import CamEngine
 from igcam_fast.commands import CommandError, run_with_argv
 from igcam_fast.commands.common import DEVICE_HELP, default_device, parse_device
-from igcam_fast.commands.evaluate import (DEFAULT_METHODS, build_explainer, command_line, evaluate_voc, format_table,
-                                          method_label, parse_methods)
+from igcam_fast.commands.evaluate import command_line, evaluate_voc
+from igcam_fast.evaluation.protocol import DEFAULT_METHODS, build_explainer, format_table, method_label, parse_methods
 from igcam_fast.evaluation.voc import synthetic as S
 
 NAME = "evaluate-synthetic"
@@ -173,7 +173,7 @@ def run(args) -> dict:
                         + format_photo_tables(photos))
     summary["seconds"] = time.perf_counter() - started
     text = "\n\n".join(sections)
-    from igcam_fast.commands.evaluate import PUBLISHED
+    from igcam_fast.evaluation.protocol import PUBLISHED
 
     text += ("\n\nPublished reference figures (SISE paper, AAAI 2021; PASCAL VOC 2007 test with real VGG16/ResNet-50; "
              "NOT comparable to the synthetic data set, listed for orientation):\n\n"

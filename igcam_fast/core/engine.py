@@ -13,6 +13,9 @@ One call explains B images:
 The options are one :class:`~igcam_fast.core.config.CamConfig`; the method (which points of the path,
 which channel weights) one :class:`~igcam_fast.core.methods.Method`; x' is resolved once per call and
 A' = A(x') cached between calls while the weights are unchanged (igcam_fast.core.baseline).
+
+Over 400 lines on purpose: one call's pipeline reads top to bottom in this one file; what can
+stand alone (config, methods, baseline, head, layer hook, nested integration) lives beside it.
 """
 
 from __future__ import annotations
