@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from igcam_fast.commands import CommandError
+from igcam_fast.commands.common import parse_device
 
 NAME = "bench"
 HELP = "time Integrated Grad-CAM against Grad-CAM and the forward-only floor"
@@ -55,21 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="where to write the results (default igcam-bench-<device>-<model>.json here)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise CommandError(f"--device {text!r} is not a device: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CommandError(f"--device {text}: no NVIDIA GPU is visible to torch on this machine; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CommandError(f"--device {text}: only {torch.cuda.device_count()} GPU(s) are visible")
-    elif device.type != "cpu":
-        raise CommandError(f"--device {text}: this command runs on cpu or cuda")
-    return device
 
 
 def _check_numbers(args) -> None:
@@ -170,7 +156,7 @@ def run(args) -> dict:
     from igcam_fast.benchmarking.timing import count_calls, environment, measure
 
     _check_numbers(args)
-    device = _device(args.device)
+    device = parse_device(args.device)
     settings = _settings(args)
     spec, model = _load(args, device)
     size = args.input_size or spec.input_size

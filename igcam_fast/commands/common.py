@@ -25,13 +25,13 @@ def parse_device(text: str, *, need_gpu: bool = True) -> torch.device:
     machine does not have, is a CommandError."""
     name = str(text).strip().lower()
     if name in ("gpu", "nvidia"):
-        raise CommandError(f"--device {text!r}: write cuda (or cuda:N) for an NVIDIA GPU, or cpu")
+        raise CommandError(f"--device {text}: write cuda (or cuda:N) for an NVIDIA GPU, or cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise CommandError(f"--device {text!r} is not a device name: use cpu, cuda or cuda:N") from None
+        raise CommandError(f"--device {text} is not a device name: use cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise CommandError(f"--device {text!r}: only cpu and cuda devices are supported")
+        raise CommandError(f"--device {text}: only cpu and cuda devices are supported")
     if need_gpu and device.type == "cuda":
         if not torch.cuda.is_available():
             raise CommandError(f"--device {text}: no CUDA GPU is visible here (torch {torch.__version__}, "

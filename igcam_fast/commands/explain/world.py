@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from igcam_fast.commands.common import parse_device
+
 from .options import ExplainError
 
 
@@ -60,20 +62,12 @@ def choose_device(device_arg: str | None, local_rank: int) -> torch.device:
     """--device as a torch.device (cuda:LOCAL_RANK for a bare 'cuda'); ExplainError when it cannot be used."""
     if not device_arg:
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(device_arg)
-    except (RuntimeError, ValueError):
-        raise ExplainError(f"--device {device_arg}: not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ExplainError(f"--device {device_arg}: no CUDA GPU is visible to this process "
-                               "(use --device cpu, or check CUDA_VISIBLE_DEVICES and the driver)")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ExplainError(f"--device {device_arg}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    elif device.type != "cpu":
-        raise ExplainError(f"--device {device_arg}: only cpu and cuda devices are supported")
+    device = parse_device(device_arg)  # a malformed name or a GPU this machine lacks: one line, exit 2
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+        if local_rank >= torch.cuda.device_count():
+            raise ExplainError(f"--device {device_arg}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
+                               "CUDA device(s) are visible")
     return device
 
 
