@@ -197,8 +197,7 @@ class CamConfig:
 
         carried = preprocessing_of(model)
         if self.mean is not None:
-            if carried is not None and not _same(carried.mean, self.mean) or (
-                    carried is not None and not _same(carried.std, self.std)):
+            if carried is not None and not (_same(carried.mean, self.mean) and _same(carried.std, self.std)):
                 raise ValueError(f"mean={self.mean} / std={self.std} differ from the model's own normalisation "
                                  f"(mean={carried.mean}, std={carried.std}); drop mean= and std= to use the model's")
             mean, std = self.mean, self.std
