@@ -133,20 +133,23 @@ class _ExtensionBackend(Backend):
     def upsample(self, maps, normalize, out):
         torch.ops.igcam_fast.upsample_out(maps, bool(normalize), out)
 
+    def unavailable_reason(self):
+        if _C is None:  # the op schemas: both backends need them
+            return f"the compiled extension igcam_fast._C is not built ({_C_ERROR}); {_BUILD_HINT}"
+        return None
+
+
+#: Worst errors measured over the conformance cases on the C++ kernels: 8.9e-16 for float64, 1.05e-6
+#: for float32, float16 and bfloat16 inputs (widened to float32, accumulated in float32); about 3x above.
+_COMPILED_TOLERANCES = {torch.float64: 2e-15, torch.float32: 3e-6, torch.float16: 3e-6, torch.bfloat16: 3e-6}
+
 
 class CppBackend(_ExtensionBackend):
     """C++ kernels on CPU tensors (at::parallel_for, vectorised inner loops)."""
 
     name = "cpu"
     devices = ("cpu",)
-    # Worst errors measured over the conformance cases: 8.9e-16 for float64, 1.05e-6 for
-    # float32, float16 and bfloat16 inputs (widened to float32, accumulated in float32); about 3x above.
-    tolerances = {torch.float64: 2e-15, torch.float32: 3e-6, torch.float16: 3e-6, torch.bfloat16: 3e-6}
-
-    def unavailable_reason(self):
-        if _C is None:
-            return f"the compiled extension igcam_fast._C is not built ({_C_ERROR}); {_BUILD_HINT}"
-        return None
+    tolerances = _COMPILED_TOLERANCES
 
 
 class CudaBackend(_ExtensionBackend):
@@ -156,11 +159,12 @@ class CudaBackend(_ExtensionBackend):
     devices = ("cuda",)
     # Not measured here (no GPU): the kernels accumulate in float32 like the C++ ones, whose
     # figures these are; the GPU run of the conformance test checks them.
-    tolerances = {torch.float64: 2e-15, torch.float32: 3e-6, torch.float16: 3e-6, torch.bfloat16: 3e-6}
+    tolerances = _COMPILED_TOLERANCES
 
     def unavailable_reason(self):
-        if _C is None:
-            return f"the compiled extension igcam_fast._C is not built ({_C_ERROR}); {_BUILD_HINT}"
+        missing = super().unavailable_reason()
+        if missing:
+            return missing
         if _C_CUDA is None:
             return (f"igcam_fast._C_cuda was not built (no CUDA toolkit at build time, or "
                     f"IGCAM_FAST_BUILD_CUDA=0) or does not load ({_C_CUDA_ERROR}); {_BUILD_HINT} "
