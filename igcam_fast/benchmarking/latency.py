@@ -40,9 +40,11 @@ AUTOCAST_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.
 class Setting:
     """One method configuration to time.
 
-    role: "gradcam", "igcam_<preset>" (igcam_default, igcam_paper, ...) or "igcam_custom".
-    options: the CamEngine keywords that select it (method, preset, rule, steps).
-    rule, steps: the path it walks, hence the path images its forward-only floor runs.
+    role: "gradcam", "igcam_<preset>" (igcam_default, igcam_paper, ...), "igcam_custom" or "igcam_tol".
+    options: the CamEngine keywords that select it (method, preset, rule, steps, tol).
+    rule, steps: the path it walks, hence the path images its forward-only floor runs. An
+        error-controlled setting (tol) has no fixed path: steps is 0, it gets no floor, and its
+        mean path points per image are recorded when it is first called.
     """
 
     role: str
@@ -76,10 +78,21 @@ def custom_setting(steps: int | None = None, rule: str | None = None) -> Setting
     return Setting("igcam_custom", f"IG-CAM {short} {steps}", dict(rule=rule, steps=steps), rule, steps)
 
 
-def comparison_settings(presets=(), *, steps: int | None = None, rule: str | None = None,
-                        paper: bool = True) -> list[Setting]:
+def tol_setting(tol: float, max_steps: int | None = None) -> Setting:
+    """Integrated Grad-CAM with each image integrated until its own error estimate is at most tol."""
+    from igcam_fast.core.config import CamConfig
+
+    CamConfig.from_options(tol=tol, max_steps=max_steps)  # validates, with the engine's message
+    options = dict(tol=tol) if max_steps is None else dict(tol=tol, max_steps=max_steps)
+    cap = "" if max_steps is None else f", ≤{max_steps}"
+    return Setting("igcam_tol", f"IG-CAM tol={tol:g}{cap}", options, "patterson", 0)
+
+
+def comparison_settings(presets=(), *, steps: int | None = None, rule: str | None = None, tol: float | None = None,
+                        max_steps: int | None = None, paper: bool = True) -> list[Setting]:
     """Grad-CAM, the default Integrated Grad-CAM, the paper's setting (unless paper=False), each
-    preset named in ``presets`` and, when steps or rule is given, that custom setting; no duplicates."""
+    preset named in ``presets``, when steps or rule is given that custom setting, and when tol is
+    given the error-controlled one; no duplicates."""
     settings = [GRADCAM, preset_setting("default")]
     if paper:
         settings.append(preset_setting("paper"))
@@ -89,6 +102,8 @@ def comparison_settings(presets=(), *, steps: int | None = None, rule: str | Non
             settings.append(s)
     if steps is not None or rule is not None:
         settings.append(custom_setting(steps, rule))
+    if tol is not None:
+        settings.append(tol_setting(tol, max_steps))
     return settings
 
 
@@ -165,7 +180,7 @@ def comparison_providers(model: nn.Module, layer, x: torch.Tensor, targets, sett
         raise
     if floors:
         for s, method in zip(settings, list(providers)):
-            if floors is not True and s.role not in floors:
+            if (floors is not True and s.role not in floors) or s.steps == 0:  # tol: no fixed path to floor
                 continue
             key = (s.rule, s.steps)
             if key not in floor_names:
@@ -184,6 +199,8 @@ def check_providers(providers: list[Provider]) -> None:
         out = p.fn()
         if p.meta.get("kind") == "method":
             p.meta["backend"] = getattr(out, "backend", None) or None
+            if p.meta.get("m") == 0:  # tol: the path points the images got (the same on every call)
+                p.meta["m"] = round(float(out.path_points.double().mean()), 1)
         else:
             p.meta.setdefault("backend", None)
 

@@ -46,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "gradcam_minus_baseline; the default and paper settings are always timed")
     parser.add_argument("--steps", type=int, default=None, help="also time Integrated Grad-CAM with this many steps")
     parser.add_argument("--rule", default=None, help="the quadrature rule of --steps (default gausslegendre)")
+    parser.add_argument("--tol", type=float, default=None,
+                        help="also time Integrated Grad-CAM with each image integrated until its own estimated "
+                             "quadrature error is at most TOL (e.g. 0.01); its m is the mean path points per image")
+    parser.add_argument("--max-steps", type=int, default=None, help="with --tol: the most path points an image gets")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model body (the engine's compile=True), where the engine offers it")
     parser.add_argument("--cuda-graph", choices=("on", "off"), default=None,
@@ -69,9 +73,12 @@ def _settings(args):
     from igcam_fast.benchmarking.latency import comparison_settings
 
     try:
-        return comparison_settings(args.preset, steps=args.steps, rule=args.rule)
+        return comparison_settings(args.preset, steps=args.steps, rule=args.rule, tol=args.tol,
+                                   max_steps=args.max_steps)
     except (ValueError, TypeError) as err:
-        what = "--preset" if "preset" in str(err) else ("--rule" if "rule" in str(err) else "--steps")
+        text = str(err)
+        what = ("--preset" if "preset" in text else "--rule" if "rule" in text else "--max-steps"
+                if "max_steps" in text else "--tol" if "tol" in text else "--steps")
         raise CommandError(f"{what}: {err}") from None
 
 
@@ -175,6 +182,7 @@ def run(args) -> dict:
     env = environment(device)
     settings_used = dict(model=args.model, weights=args.weights, layer=spec.layer, device=str(device), dtype=args.dtype,
                          batch=args.batch, input_size=size, presets=args.preset, steps=args.steps, rule=args.rule,
+                         tol=args.tol, max_steps=args.max_steps,
                          repeats=args.repeats, warmup=args.warmup, mean=list(spec.mean), std=list(spec.std),
                          engine_options=_engine_options(args),
                          channels_last=True, interleaved=True,

@@ -87,6 +87,7 @@ class LayerIntegratedGradCam(LayerAttribution):
         self.reshape_transform = reshape_transform
         self.engine_options = engine_options
         self._wrapper = _ForwardModule(forward_func, layer)
+        self.last_results: list = []
 
     def has_convergence_delta(self) -> bool:
         return False
@@ -98,7 +99,8 @@ class LayerIntegratedGradCam(LayerAttribution):
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, n_steps: int = 50,
                   method: str = "gausslegendre", internal_batch_size: Optional[int] = None,
                   attribute_to_layer_input: bool = False, relu_attributions: bool = False,
-                  attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None):
+                  attr_dim_summation: bool = True, grad_kwargs: Optional[dict] = None,
+                  tol: Optional[float] = None, max_steps: Optional[int] = None):
         """(N, 1, *S) attributions at the layer's resolution (a tuple of them for several layer
         tensors), on the input's device; (N, K, *S) with attr_dim_summation=False.
 
@@ -106,6 +108,11 @@ class LayerIntegratedGradCam(LayerAttribution):
         tensor of the inputs' shape or with first dimension 1 (a tuple of those for several
         inputs); target None (scalar output), int, tuple, (N,) tensor, list of ints or of tuples;
         ``internal_batch_size`` is the number of path images per forward pass.
+
+        Beyond captum: ``tol=`` (e.g. 0.01) integrates each example until the estimate of its own
+        quadrature error (relative L2 of the map) is at most tol, up to ``max_steps`` path points;
+        ``n_steps`` and ``method`` are then not used. ``self.last_results`` holds the engine's
+        :class:`~igcam_fast.CamResult` of each map of the last call (``error_estimate``, ``path_points``).
         """
         materialize = self._check_grad_kwargs(grad_kwargs)
         tensors = self._format_inputs(inputs)
@@ -121,6 +128,9 @@ class LayerIntegratedGradCam(LayerAttribution):
             base = packing.pack(bases, max(b.shape[0] for b in bases))
             base = base[0] if base.shape[0] == 1 else base
         rule = canonical_rule(method)
+        adaptive = {k: v for k, v in (("tol", tol), ("max_steps", max_steps)) if v is not None}
+        if rule == "trapezoid" and {**self.engine_options, **adaptive}.get("tol") is not None:
+            rule = "gausslegendre"  # not used with tol; keeps captum's trapezoid rescaling below off
         inner = wrapper._function()
         wrapper.training = inner.training if isinstance(inner, nn.Module) else False
         routes, engines = [], []
@@ -133,7 +143,7 @@ class LayerIntegratedGradCam(LayerAttribution):
             wrapper.materialize = materialize
             while len(wrapper.probes) < len(shapes):
                 wrapper.probes.append(nn.Identity())
-            results = []
+            results, self.last_results = [], []
             for index, shape in enumerate(shapes):
                 routes.append(_Route(wrapper, self.layer, wrapper.probes[index], index, attribute_to_layer_input))
                 channels = [None] if attr_dim_summation else range(shape[1])
@@ -143,9 +153,12 @@ class LayerIntegratedGradCam(LayerAttribution):
                                        baseline=base, subtract_baseline=self.subtract_baseline,
                                        relu=self.relu_per_step, normalize=False, output_size="layer",
                                        batch_rows=internal_batch_size,
-                                       reshape_transform=self._reshape_for(channel), **self.engine_options)
+                                       reshape_transform=self._reshape_for(channel),
+                                       **{**self.engine_options, **adaptive})
                     engines.append(engine)
-                    maps.append(engine.explain(x, targets).layer_maps.reshape(N, 1, *shape[2:]))
+                    result = engine.explain(x, targets)
+                    self.last_results.append(result)
+                    maps.append(result.layer_maps.reshape(N, 1, *shape[2:]))
                     engine.close()
                 results.append(torch.cat(maps, dim=1))
         finally:

@@ -32,7 +32,8 @@ upstream costs (a whole-model backward and host copies per path point); see docs
 ``cam.activations_and_grads`` is an upstream ``ActivationsAndGradients`` whose ``activations``
 and ``gradients`` lists hold, after a call, one (N, K, h, w) tensor per target layer (after
 ``reshape_transform``), as upstream's do: N = B for Grad-CAM and Grad-CAM++; for Integrated
-Grad-CAM the B·m path images, image-major (row b·m + t is image b at node α_t). On the fast
+Grad-CAM the B·m path images, image-major (row b·m + t is image b at node α_t; with ``tol=``,
+the rows of each round in turn). On the fast
 path they stay on the input's device (upstream's are on the CPU).
 
 Differences from upstream (on purpose):
@@ -47,7 +48,11 @@ Differences from upstream (on purpose):
     * ``cam.batch_size`` is the number of *path images* per forward (Integrated Grad-CAM runs m
       of them per image); None picks a per-device default.
     * several target layers are averaged as upstream does (per-layer min-max at layer resolution,
-      bilinear resize, mean, min-max), but each layer costs its own forward pass.
+      bilinear resize, mean, min-max); one engine explains them all from the same forward and
+      backward passes (each path image runs through the model once, not once per layer).
+    * ``tol=`` (``IntegratedGradCAM`` only, one target layer) integrates each image until its
+      own quadrature error estimate is at most tol; ``cam.last_result`` is the engine's
+      :class:`~igcam_fast.CamResult` of the last call (``error_estimate``, ``path_points``).
     * the model must return (B, classes) scores: targets on other outputs (e.g. upstream's
       ``SemanticSegmentationTarget``) are not supported. 3-D (5-D tensor) inputs run upstream's
       path for ``GradCAM``/``GradCAMPlusPlus``; ``IntegratedGradCAM`` refuses them.
@@ -169,7 +174,8 @@ class _FastCAM(BaseCAM):
                                 "(fixed by pytorch-grad-cam's output contract)")
         self._outputs = None
         self._pending_input = None
-        self._engines: dict = {}  # baseline spec -> one engine per target layer
+        self._engines: dict = {}  # baseline spec -> the engine of all target layers
+        self.last_result = None
         self._captures: list = []
         self._closed = False
         # Upstream's constructor: model.eval(), self.device, tta_transforms, the flags its forward reads.
@@ -180,7 +186,7 @@ class _FastCAM(BaseCAM):
         self.return_tensor = bool(return_tensor)
         self._engine_options = engine_options
         self._batch_size = None
-        self._engines_for(None)  # validates the options now, not at the first call
+        self._engine_for(None)  # validates the options now, not at the first call
         self._captures = [_Capture(layer, reshape_transform) for layer in self.target_layers]
         self.batch_size = batch_size
 
@@ -196,9 +202,8 @@ class _FastCAM(BaseCAM):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {value!r}")
         self._batch_size = None if value is None else int(value)
-        for engines in self._engines.values():
-            for engine in engines:
-                engine.batch_rows = self._batch_size
+        for engine in self._engines.values():
+            engine.batch_rows = self._batch_size
 
     @property
     def outputs(self):
@@ -229,19 +234,19 @@ class _FastCAM(BaseCAM):
             return "black"
         return "black" if preprocessing_of(self.model) is not None else "zeros"
 
-    def _engines_for(self, channels: Optional[int]) -> list:
+    def _engine_for(self, channels: Optional[int]) -> CamEngine:
         spec = self._baseline_spec(channels)
         key = spec if isinstance(spec, str) else id(spec)
         if key not in self._engines:
             options = {**self._engine_options, "baseline": spec} if self._method == "igcam" else self._engine_options
-            self._engines[key] = [
-                # closed_form_head=False: upstream's activations_and_grads holds the gradients at the
-                # layer after every call, so the head backward (small) runs; its forward is captured too.
-                CamEngine(self.model, layer, method=self._method, reshape_transform=self.reshape_transform,
-                          relu=True, normalize=False, output_size="layer", batch_rows=self._batch_size,
-                          closed_form_head=False, **options)
-                for layer in self.target_layers
-            ]
+            layers = self.target_layers[0] if len(self.target_layers) == 1 else list(self.target_layers)
+            # One engine for all the target layers: they share every forward and backward.
+            # closed_form_head=False: upstream's activations_and_grads holds the gradients at the
+            # layer after every call, so the head backward (small) runs; its forward is captured too.
+            self._engines[key] = CamEngine(self.model, layers, method=self._method,
+                                           reshape_transform=self.reshape_transform, relu=True, normalize=False,
+                                           output_size="layer", batch_rows=self._batch_size, closed_form_head=False,
+                                           **options)
             # the capture hooks must run after every engine's hook (they read what it hands on)
             for capture in self._captures:
                 capture.close()
@@ -299,15 +304,16 @@ class _FastCAM(BaseCAM):
             targets = logits.argmax(dim=-1)
         else:
             self._outputs, self._pending_input = None, x
-        engines = self._engines_for(x.shape[1])
-        activations, gradients, per_layer = [], [], []
-        for engine, capture in zip(engines, self._captures):
+        engine = self._engine_for(x.shape[1])
+        for capture in self._captures:
             capture.chunks = []
-            per_layer.append(engine.explain(x, targets).layer_maps)
-            a, g = capture.take(x.shape[0] * engine.steps)
-            activations.append(a)
-            gradients.append(g)
-        self.activations_and_grads.activations, self.activations_and_grads.gradients = activations, gradients
+        result = engine.explain(x, targets)
+        self.last_result = result
+        per_layer = list(result.layer_maps) if engine.several_layers else [result.layer_maps]
+        rows = int(result.path_points.sum())  # B·m; with tol=, each image's own number of path points
+        taken = [capture.take(rows) for capture in self._captures]
+        self.activations_and_grads.activations = [a for a, _ in taken]
+        self.activations_and_grads.gradients = [g for _, g in taken]
         size = tuple(x.shape[-2:])
         if len(per_layer) == 1:
             # upstream: min-max at layer resolution, resize, min-max again. Not one min-max after the
@@ -331,9 +337,8 @@ class _FastCAM(BaseCAM):
     def release(self) -> None:
         """Remove every hook from the model (also done by ``with`` and on deletion). Idempotent."""
         self._closed = True
-        for engines in getattr(self, "_engines", {}).values():
-            for engine in engines:
-                engine.close()
+        for engine in getattr(self, "_engines", {}).values():
+            engine.close()
         for capture in getattr(self, "_captures", []):
             capture.close()
         if getattr(self, "activations_and_grads", None) is not None:
@@ -377,7 +382,10 @@ class IntegratedGradCAM(_FastCAM):
                 "get_cam_weights or get_cam_image (called at every path point) instead.")
         if x.dim() != 4:
             raise ValueError(f"IntegratedGradCAM needs (B, C, H, W) inputs, got shape {tuple(x.shape)}")
-        engine = self._engines_for(x.shape[1])[0]
+        engine = self._engine_for(x.shape[1])
+        if engine.config.tol is not None:
+            raise NotImplementedError(f"{type(self).__name__}(tol=...) runs the fused engine only; an overridden "
+                                      "extension point or eigen_smooth=True needs a fixed rule (steps=, rule=)")
         self.activations_and_grads = ActivationsAndGradients(self.model, self.target_layers,
                                                              self.reshape_transform, self.detach)
         try:

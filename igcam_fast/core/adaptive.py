@@ -148,10 +148,10 @@ def integrate_nested(node_maps: NodeMaps, batch: int, *, tol: float | None, max_
 
 
 def integrate_engine(engine, x, baseline, baseline_features, targets, rows, head):
-    """The engine's nested integration: (layer maps (B, T, h, w), float32-redone rows, NestedIntegral).
+    """The engine's nested integration: ([layer maps (B, T, h, w)], float32-redone rows, NestedIntegral).
 
     With ``config.tol`` the images stop at their own level; without (``rule="patterson"``) all go
-    to ``config.steps`` points.
+    to ``config.steps`` points. One layer per engine (the engine refuses several with tol).
     """
     config = engine.config
     stats = {"fallback": 0}
@@ -167,13 +167,15 @@ def integrate_engine(engine, x, baseline, baseline_features, targets, rows, head
     else:  # a fixed nested level in one round, its estimate against the level below
         result = integrate_nested(node_maps, x.shape[0], tol=None, max_points=config.steps,
                                   first_points=config.steps)
-    return result.maps, stats["fallback"], result
+    return [result.maps], stats["fallback"], result
 
 
 def engine_node_maps(engine, x, baseline, baseline_features, targets, head, rows, images, alphas):
     """S(α) (n, r, T, h, w) of the images ``images`` (n,) of x at the nodes ``alphas`` (r,), and the
     path images redone in float32. One step weight makes combine return one map per path image;
     a per-image x' (and A') is taken one image at a time so that each piece shares one A'."""
+    if baseline_features is not None:
+        (baseline_features,) = baseline_features  # [A'] of the engine's one layer
     per_image = not baseline.shared or (baseline_features is not None and baseline_features.dim() == 4)
     groups = images.split(1) if per_image else [images]
     one = torch.ones(1, dtype=ops.accumulation_dtype(x.dtype), device=x.device)
@@ -181,8 +183,9 @@ def engine_node_maps(engine, x, baseline, baseline_features, targets, head, rows
     out, fallback = [], 0
     for group in groups:
         pick = group.tolist()
+        features = baseline_features if not per_image or baseline_features is None else baseline_features[pick[0]]
         sub = (x[group.to(x.device)], baseline if baseline.shared else Baseline(baseline.image[pick[0]], None),
-               baseline_features if not per_image or baseline_features is None else baseline_features[pick[0]],
+               None if features is None else [features],
                Targets(None if targets.indices is None else targets.indices[group],
                        None if targets.callables is None else [targets.callables[i] for i in pick],
                        targets.per_image))
@@ -191,6 +194,7 @@ def engine_node_maps(engine, x, baseline, baseline_features, targets, head, rows
             for autocast in engine.precisions():
                 parts = engine._chunk(*sub, part, steps, alphas[steps], one, head, autocast)
                 if parts is not None:
+                    (parts,) = parts
                     break
                 fallback += (part.stop - part.start) * (steps.stop - steps.start)
             else:

@@ -53,6 +53,8 @@ class CamResult:
 
     maps: (B, H, W) — or (B, T, H, W) for T targets per image — on the input's device.
     layer_maps: the same at layer resolution, (B, [T,] h, w), before upsampling and scaling.
+        An engine of several layers gives a tuple with one such tensor per layer for both (and for
+        ``error_estimate``), in the order of its layers; every forward and backward is shared.
     logits: (B, classes) of the real inputs when they were computed (targets=None), else None.
     targets: (B, T) class indices when the targets were indices, else None.
     backends: {op name: backend name} for every fused op the call ran (``"a+b"`` if an op ran on two).
@@ -96,7 +98,8 @@ class CamEngine(LayerExplainer):
 
     Args:
         model: the network, in eval mode; its output must be (B, classes) scores.
-        layer: the target layer (dotted name or module); its output must be (N, K, h, w).
+        layer: the target layer (dotted name or module); its output must be (N, K, h, w). A list of
+            layers explains all of them from the same forward and backward passes (one map per layer).
         config: a :class:`CamConfig`; or give its fields as keyword arguments (``method``, ``preset``,
             ``rule``, ``steps``, ``baseline``, ``mean``, ``std``, ...), documented there.
     """
@@ -109,6 +112,11 @@ class CamEngine(LayerExplainer):
         self.alphas, self.step_weights = self._method.path(self.config.rule, self.config.steps)
         self._layout_by_shape: dict[tuple, bool] = {}  # input (C, H, W) -> channels_last accepted
         super().__init__(model, layer, batch_rows=self.config.batch_rows, allow_training=self.config.allow_training)
+        self.several_layers = len(self.layers) > 1
+        if self.several_layers and (self.config.tol is not None or self.config.rule in NESTED_RULES):
+            self.close()
+            raise ValueError("tol= and rule='patterson' take one layer per engine (their rounds stop each map on its "
+                             "own estimate); give one layer, or a fixed rule for several layers")
         self.mean, self.std = self.config.normalisation(model)
 
     # The settings, readable as attributes.
@@ -124,34 +132,39 @@ class CamEngine(LayerExplainer):
 
     # ---- the hook ----------------------------------------------------------------------------
 
-    def _on_layer_output(self, module, inputs, output):
+    def _on_layer_output(self, module, inputs, output, index):
         state = self._state
-        if state.calls > 1:  # a second call in one forward: counted, refused after the forward
+        if state.calls[index] > 1:  # a second call in one forward: counted, refused after the forward
             return None
+        name = self.layer_names[index]
         if not isinstance(output, torch.Tensor):
-            raise ValueError(f"layer {self.layer_name!r} must output a tensor, got {type(output).__name__}")
+            raise ValueError(f"layer {name!r} must output a tensor, got {type(output).__name__}")
         shaped = self._to_maps(output)
         if not isinstance(shaped, torch.Tensor) or shaped.dim() != 4:
             shape = tuple(shaped.shape) if isinstance(shaped, torch.Tensor) else type(shaped).__name__
             hint = "" if self.config.reshape_transform else " (give reshape_transform for token-shaped outputs)"
-            raise ValueError(f"layer {self.layer_name!r} must output a 4-D (N, K, h, w) tensor, got {shape}{hint}")
+            raise ValueError(f"layer {name!r} must output a 4-D (N, K, h, w) tensor, got {shape}{hint}")
         if state.mode == "features":
-            state.captured = output.detach()
-            raise _StopForward
+            state.outputs[index] = output.detach()
+            if all(kept is not None for kept in state.outputs):  # nothing after the last layer is needed
+                raise _StopForward
+            return None
         # "grad": the body ran without a graph; from here on record one, rooted at a fresh leaf.
+        # A layer after an explained one already has a graph back to it: its gradient is taken at
+        # the output itself, so one backward serves every layer.
         torch.set_grad_enabled(True)
-        leaf = output.detach().requires_grad_(True)
-        state.captured = leaf
+        kept = output if output.requires_grad else output.detach().requires_grad_(True)
+        state.outputs[index] = kept
         # A clone, so that an in-place op after the layer (ReLU(inplace=True)) touches neither
-        # the leaf nor the activations we keep.
-        return leaf.clone()
+        # the kept tensor nor the activations we read from it.
+        return kept.clone()
 
     def _to_maps(self, t):
         transform = self.config.reshape_transform
         return transform(t) if transform is not None else t
 
     def _forward(self, images, mode, autocast):
-        """Run the model on images with the hook in ``mode``; returns (layer output, logits|None).
+        """Run the model on images with the hooks in ``mode``; returns ([output per layer], logits|None).
 
         A channels_last forward that the model rejects (a ``.view()`` on conv features) is rerun
         contiguous, and that input shape is remembered as contiguous-only; the maps are the same.
@@ -179,9 +192,11 @@ class CamEngine(LayerExplainer):
                     pass
             if mode == "grad":
                 self._check_called_once(state)
-            elif state.captured is None:
-                raise ValueError(f"layer {self.layer_name!r} was not called during the forward pass")
-            return state.captured, logits
+            else:
+                for name, kept in zip(self.layer_names, state.outputs):
+                    if kept is None:
+                        raise ValueError(f"layer {name!r} was not called during the forward pass")
+            return list(state.outputs), logits
 
     def _channels_last(self, x) -> bool:
         if self.config.channels_last is not None:
@@ -239,11 +254,13 @@ class CamEngine(LayerExplainer):
                 self.batch_rows = rows  # remember: the next call starts where this one fitted
                 torch.cuda.empty_cache()
         with record_function("igcam::upsample"):
-            maps = self._upsample(layer_maps, x.shape[-2:])
+            maps = [self._upsample(per_layer, x.shape[-2:]) for per_layer in layer_maps]
         if resolved.per_image == 1:
-            maps, layer_maps = maps[:, 0], layer_maps[:, 0]
+            maps, layer_maps = [m[:, 0] for m in maps], [m[:, 0] for m in layer_maps]
+        maps, layer_maps = (tuple(maps), tuple(layer_maps)) if self.several_layers else (maps[0], layer_maps[0])
         settings = dict(method=config.method, rule=config.rule, steps=config.steps,
-                        subtract_baseline=config.subtract_baseline, layer=self.layer_name,
+                        subtract_baseline=config.subtract_baseline,
+                        layer=list(self.layer_names) if self.several_layers else self.layer_name,
                         autocast=str(config.autocast), batch_rows=rows, channels_last=self._channels_last(x))
         if nested:  # (B,) points and (B, T) estimates of the nested integration
             settings.update(rule="patterson", steps=int(nested[0].path_points.max()), tol=config.tol,
@@ -266,6 +283,8 @@ class CamEngine(LayerExplainer):
         """The closed-form head where it applies to this call, and the reason either way."""
         if self.config.closed_form_head is False:
             return None, "closed_form_head=False"
+        if self.several_layers:
+            return None, "several layers: one backward gives the gradient at each of them"
         if not self._method.gradients_are_linear_in_head_weights:
             return None, f"{self.config.method} weighs gradients non-linearly"
         if targets.indices is None:
@@ -277,7 +296,8 @@ class CamEngine(LayerExplainer):
         return find_linear_head(self.model, self.layer_name)
 
     def _baseline_features(self, baseline: Baseline, x):
-        """A' for a shared (C, H, W) baseline (cached) or a per-image (B, C, H, W) one."""
+        """[A' per layer] for a shared (C, H, W) baseline (cached; each (K, h, w)) or a per-image
+        (B, C, H, W) one (each (B, K, h, w)), from one forward that stops after the last layer."""
         config = self.config
         images = baseline.image[None] if baseline.shared else baseline.image
         channels_last = self._channels_last(x)
@@ -285,20 +305,24 @@ class CamEngine(LayerExplainer):
         def compute():
             for autocast in _precisions(config.autocast):
                 rows = _laid_out(images.to(autocast or x.dtype), channels_last)
-                features = self._to_maps(self._forward(rows, "features", autocast)[0])
-                if bool(torch.isfinite(features).all()):
-                    return features if not baseline.shared else features[0]
-            raise ValueError(f"the baseline's activations at layer {self.layer_name!r} contain NaN or infinite "
+                features = [self._to_maps(kept) for kept in self._forward(rows, "features", autocast)[0]]
+                if all(bool(torch.isfinite(f).all()) for f in features):
+                    return features if not baseline.shared else [f[0] for f in features]
+            raise ValueError(f"the baseline's activations at layer {self._names()} contain NaN or infinite "
                              f"values (in {x.dtype}): the model produces them for the baseline image")
 
         if not baseline.shared or baseline.cache_name is None:
             return compute()
-        key = (self.layer_name, config.reshape_transform, baseline.cache_name, tuple(self.mean.tolist()),
+        key = (tuple(self.layer_names), config.reshape_transform, baseline.cache_name, tuple(self.mean.tolist()),
                tuple(self.std.tolist()), tuple(x.shape[1:]), x.dtype, x.device, config.autocast, channels_last)
         return BASELINE_FEATURES.get(self.model, key, compute)
 
+    def _names(self) -> str:
+        """The layer's name, or the layers' names, for messages."""
+        return repr(self.layer_name) if not self.several_layers else str(self.layer_names)
+
     def _integrate(self, x, baseline, baseline_features, targets: Targets, rows, head):
-        """(layer maps (B, T, h, w), path images redone in float32)."""
+        """([layer maps (B, T, h, w) per layer], path images redone in float32)."""
         device = x.device
         B, m, T = x.shape[0], self.config.steps, targets.per_image
         node_dtype = ops.accumulation_dtype(x.dtype)
@@ -313,16 +337,17 @@ class CamEngine(LayerExplainer):
                     break
                 fallback += (images.stop - images.start) * (steps.stop - steps.start)
             else:
-                raise ValueError(f"the activations or gradients at layer {self.layer_name!r} contain NaN or infinite "
+                raise ValueError(f"the activations or gradients at layer {self._names()} contain NaN or infinite "
                                  f"values for images {images.start}..{images.stop - 1} (in {x.dtype}): the model "
                                  "produces them for these inputs or their path images")
             if layer_maps is None:
-                layer_maps = torch.zeros(B, T, *parts.shape[2:], dtype=parts.dtype, device=device)
-            layer_maps[images] += parts
+                layer_maps = [torch.zeros(B, T, *p.shape[2:], dtype=p.dtype, device=device) for p in parts]
+            for total, part in zip(layer_maps, parts):
+                total[images] += part
         return layer_maps, fallback
 
     def _chunk(self, x, baseline, baseline_features, targets, images, steps, alphas, step_weights, head, autocast):
-        """The maps (n, T, h, w) of one chunk of path images, or None if a value was not finite."""
+        """[maps (n, T, h, w) per layer] of one chunk of path images, or None if a value was not finite."""
         forward_dtype = autocast or x.dtype
         channels_last = self._channels_last(x)
         with record_function("igcam::path"):
@@ -332,52 +357,53 @@ class CamEngine(LayerExplainer):
                 path = ops.path_images(x[images], baseline.rows(images), alphas, dtype=forward_dtype,
                                        channels_last=channels_last, backend=self.config.backend)
         with record_function("igcam::forward"):
-            leaf, logits = self._forward(path, "features" if head is not None else "grad", autocast)
-        activations = self._to_maps(leaf.detach())
+            kept, logits = self._forward(path, "features" if head is not None else "grad", autocast)
+        activations = [self._to_maps(k.detach()) for k in kept]
         if head is None:
             self._check_logits(logits, path.shape[0])
             targets.check_range(logits.shape[1])
         r = steps.stop - steps.start
-        A_base = None
+        A_base = [None] * len(activations)
         if baseline_features is not None:
-            A_base = baseline_features if baseline_features.dim() == 3 else baseline_features[images]
-            A_base = A_base.to(activations.dtype)
-        finite = torch.isfinite(activations).all()
-        parts = []
+            A_base = [(f if f.dim() == 3 else f[images]).to(a.dtype) for f, a in zip(baseline_features, activations)]
+        finite = torch.stack([torch.isfinite(a).all() for a in activations]).all()
+        parts = [[] for _ in activations]  # per layer, per target
         for column in range(targets.per_image):
-            gradients = weights = None
-            if head is not None:
+            gradients = [None] * len(activations)
+            weights = None
+            if head is not None:  # one layer (a closed-form head is not used for several)
                 classes = targets.indices[images, column].repeat_interleave(r)
-                weights = head.channel_weights(classes, activations.shape[-2] * activations.shape[-1],
-                                               ops.accumulation_dtype(activations.dtype), activations.device)
+                weights = head.channel_weights(classes, activations[0].shape[-2] * activations[0].shape[-1],
+                                               ops.accumulation_dtype(activations[0].dtype), activations[0].device)
             else:
                 with record_function("igcam::head_backward"):
-                    gradients = self._gradients(targets.scores(logits, images, r, column), leaf,
+                    gradients = self._gradients(targets.scores(logits, images, r, column), kept,
                                                 retain=column + 1 < targets.per_image)
-                finite = finite & torch.isfinite(gradients).all()
+                finite = finite & torch.stack([torch.isfinite(g).all() for g in gradients]).all()
             with record_function("igcam::combine"):
-                parts.append(ops.combine(activations, gradients, weights, A_base, step_weights,
-                                         weight_mode=self._method.weight_mode, relu=self.config.relu,
-                                         backend=self.config.backend))
-        stacked = torch.stack(parts, dim=1)
-        return stacked if bool(finite & torch.isfinite(stacked).all()) else None
+                for layer_parts, a, g, a_base in zip(parts, activations, gradients, A_base):
+                    layer_parts.append(ops.combine(a, g, weights, a_base, step_weights,
+                                                   weight_mode=self._method.weight_mode, relu=self.config.relu,
+                                                   backend=self.config.backend))
+        stacked = [torch.stack(layer_parts, dim=1) for layer_parts in parts]
+        finite = finite & torch.stack([torch.isfinite(m).all() for m in stacked]).all()
+        return stacked if bool(finite) else None
 
     def precisions(self):
         """The forward precisions to try in turn for a chunk: fp16 overflows are redone in float32."""
         return _precisions(self.config.autocast)
 
-    def _gradients(self, score, leaf, retain: bool):
+    def _gradients(self, score, kept, retain: bool):
+        """[∂score/∂(layer output) per layer], from one backward from the scores."""
         if not score.requires_grad:
-            raise ValueError(f"the class scores do not depend on layer {self.layer_name!r}'s output: is the layer "
+            raise ValueError(f"the class scores do not depend on layer {self._names()}'s output: is the layer "
                              "connected to the model's output?")
-        try:
-            (gradients,) = torch.autograd.grad(score, leaf, retain_graph=retain)
-        except RuntimeError as err:
-            if "not have been used in the graph" in str(err):
-                raise ValueError(f"the class scores do not depend on layer {self.layer_name!r}'s output: is the "
-                                 "layer connected to the model's output?") from None
-            raise
-        return self._to_maps(gradients)
+        gradients = torch.autograd.grad(score, kept, retain_graph=retain, allow_unused=True)
+        for name, gradient in zip(self.layer_names, gradients):
+            if gradient is None:
+                raise ValueError(f"the class scores do not depend on layer {name!r}'s output: is the layer "
+                                 "connected to the model's output?")
+        return [self._to_maps(g) for g in gradients]
 
     def _upsample(self, layer_maps, input_size):
         B, T, h, w = layer_maps.shape

@@ -1,9 +1,9 @@
-"""What every explainer of one layer of one model shares: finding the layer, one forward hook on it
-whose lifetime is the explainer's, the checks of an input batch and of the model's mode, and the
-plan that cuts a call into forwards of at most ``rows`` images.
+"""What every explainer of one or several layers of one model shares: finding the layers, one forward
+hook on each whose lifetime is the explainer's, the checks of an input batch and of the model's mode,
+and the plan that cuts a call into forwards of at most ``rows`` images.
 
-The hook holds its explainer only weakly: an explainer that is dropped without ``close()`` is
-garbage-collected and its hook removed. What the hook does on a forward (nothing, capture, stop)
+The hooks hold their explainer only weakly: an explainer that is dropped without ``close()`` is
+garbage-collected and its hooks removed. What a hook does on a forward (nothing, capture, stop)
 is per thread, so forwards that other threads run through the same model pass untouched.
 """
 
@@ -35,6 +35,21 @@ def resolve_layer(model: nn.Module, layer) -> tuple[str, nn.Module]:
                 return name, module
         raise ValueError("layer is a module that is not part of the model")
     raise TypeError(f"layer must be a module name (str) or an nn.Module, got {type(layer).__name__}")
+
+
+def resolve_layers(model: nn.Module, layer) -> list[tuple[str, nn.Module]]:
+    """The (name, module) of each layer: ``layer`` is one layer (a dotted name or a module) or a
+    non-empty list or tuple of them, each once."""
+    if isinstance(layer, (list, tuple)):
+        if not layer:
+            raise ValueError("layer: an empty list; give one layer or a list of layers")
+        resolved = [resolve_layer(model, item) for item in layer]
+        names = [name for name, _ in resolved]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"layer: {repeated} given more than once; give each layer once")
+        return resolved
+    return [resolve_layer(model, layer)]
 
 
 def chunk_plan(batch: int, steps: int, rows: int):
@@ -113,30 +128,32 @@ def restored_running_statistics(model: nn.Module):
 
 
 class HookState(threading.local):
-    """What the hook does on this thread's next forward, and what it caught."""
+    """What the hooks do on this thread's next forward, and what they caught."""
 
     mode = None  # None: pass; otherwise the subclass's mode name
-    captured = None
-    calls = 0  # how often the layer ran in the current forward
+    captured = None  # the subclass's own use
+    outputs: list = []  # per layer: what the hook kept of the layer's output in this forward
+    calls: list = []  # per layer: how often it ran in the current forward
 
 
-def _weak_hook(explainer: "LayerExplainer"):
+def _weak_hook(explainer: "LayerExplainer", index: int):
     ref = weakref.ref(explainer)
 
     def hook(module, inputs, output):
         owner = ref()
         if owner is None or owner._state.mode is None:
             return None
-        owner._state.calls += 1
-        return owner._on_layer_output(module, inputs, output)
+        owner._state.calls[index] += 1
+        return owner._on_layer_output(module, inputs, output, index)
 
     return hook
 
 
 class LayerExplainer:
-    """The model and its layer, one forward hook on the layer (removed by :meth:`close`, the context
-    manager, or when the explainer is garbage-collected), and the checks of an input batch.
-    Subclasses implement ``_on_layer_output`` and read ``self._state``.
+    """The model and its layer (or layers), one forward hook on each (removed by :meth:`close`, the
+    context manager, or when the explainer is garbage-collected), and the checks of an input batch.
+    Subclasses implement ``_on_layer_output(module, inputs, output, index)`` (index: which of the
+    layers) and read ``self._state``. ``layer_name``/``layer`` are the first (or only) layer's.
     """
 
     def __init__(self, model: nn.Module, layer, *, batch_rows: int | None = None, allow_training: bool = False):
@@ -146,14 +163,17 @@ class LayerExplainer:
                                        or batch_rows < 1):
             raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
         self.model = model
-        self.layer_name, self.layer = resolve_layer(model, layer)
+        resolved = resolve_layers(model, layer)
+        self.layer_names = [name for name, _ in resolved]
+        self.layers = [module for _, module in resolved]
+        self.layer_name, self.layer = resolved[0]
         self.batch_rows = batch_rows
         self.allow_training = allow_training
         self._state = HookState()
-        self._hook = self.layer.register_forward_hook(_weak_hook(self))
-        self._finalizer = weakref.finalize(self, self._hook.remove)
+        hooks = [module.register_forward_hook(_weak_hook(self, index)) for index, module in enumerate(self.layers)]
+        self._finalizer = weakref.finalize(self, _remove_all, hooks)
 
-    def _on_layer_output(self, module, inputs, output):
+    def _on_layer_output(self, module, inputs, output, index: int):
         raise NotImplementedError
 
     def rows(self, device) -> int:
@@ -161,7 +181,7 @@ class LayerExplainer:
         return self.batch_rows or default_batch_rows(device)
 
     def close(self) -> None:
-        """Remove the hook from the model. Idempotent."""
+        """Remove the hooks from the model. Idempotent."""
         self._finalizer()
 
     def __enter__(self):
@@ -176,19 +196,21 @@ class LayerExplainer:
         if not self._finalizer.alive:
             raise RuntimeError(f"this {type(self).__name__} was closed: its hook on {self.layer_name!r} is removed")
         state = self._state
-        state.mode, state.captured, state.calls = mode, None, 0
+        state.mode, state.captured = mode, None
+        state.outputs, state.calls = [None] * len(self.layers), [0] * len(self.layers)
         try:
             yield state
         finally:
             state.mode = None
 
     def _check_called_once(self, state) -> None:
-        if state.calls == 0:
-            raise ValueError(f"layer {self.layer_name!r} was not called during the forward pass")
-        if state.calls > 1:
-            raise ValueError(f"layer {self.layer_name!r} was called {state.calls} times in one forward (a module "
-                             "used at several places, e.g. one shared ReLU): its activations are ambiguous. Hook a "
-                             "module that runs once, such as the block or convolution before it")
+        for name, calls in zip(self.layer_names, state.calls):
+            if calls == 0:
+                raise ValueError(f"layer {name!r} was not called during the forward pass")
+            if calls > 1:
+                raise ValueError(f"layer {name!r} was called {calls} times in one forward (a module used at several "
+                                 "places, e.g. one shared ReLU): its activations are ambiguous. Hook a module that "
+                                 "runs once, such as the block or convolution before it")
 
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor):
@@ -215,3 +237,8 @@ class LayerExplainer:
         if any(m.training for m in self.model.modules()):
             return restored_running_statistics(self.model)
         return contextlib.nullcontext()
+
+
+def _remove_all(handles) -> None:
+    for handle in handles:
+        handle.remove()

@@ -47,13 +47,16 @@ class _ChannelCAM(LayerExplainer):
         self.output_size = output_size
         self.backend = backend
         super().__init__(model, layer, batch_rows=batch_rows)
+        if len(self.layers) > 1:
+            self.close()
+            raise ValueError(f"{type(self).__name__} explains one layer; got {len(self.layers)}")
 
-    def _on_layer_output(self, module, inputs, output):
+    def _on_layer_output(self, module, inputs, output, index):
         state = self._state
         if state.mode == "capture":
             if not isinstance(output, torch.Tensor) or output.dim() != 4:
                 raise ValueError(f"layer {self.layer_name!r} must output a 4-D (N, K, h, w) tensor")
-            if state.calls == 1:
+            if state.calls[0] == 1:
                 state.captured = output.detach().clone()
             return None
         return state.captured  # "replace": the ablated copies stand in for the layer's output

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 FORMAT = "igcam_fast.explain"
 #: 2: shards carry a SHA-256 sidecar and the hash of their images' names, sizes and mtimes.
 VERSION = 2
@@ -29,7 +31,9 @@ HTML_MARKER = '<meta name="generator" content="igcam_fast explain">'
 
 #: The per-image arrays of a shard (n = images of the shard) and the per-row ones (R = maps).
 SHARD_IMAGE_FIELDS = ("images", "failed_index", "failed_id", "failed_error")
-SHARD_ROW_FIELDS = ("index", "id", "target", "score", "prob", "maps")
+SHARD_ROW_FIELDS = ("index", "id", "target", "score", "prob", "error_estimate", "path_points", "maps")
+#: Row arrays that shards written before them lack, and what the reader gives in their place.
+SHARD_LATER_ROW_FIELDS = {"error_estimate": np.float32("nan"), "path_points": np.int32(-1)}
 
 SHARD_FILE_RE = re.compile(r"shard-\d{6}\.npz")
 SHARD_OR_CHECKSUM_RE = re.compile(r"shard-\d{6}\.npz(\.sha256)?")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import sha256_file
-from .layout import CHECKSUM_SUFFIX, CONFIG, FORMAT, MANIFEST, SHARD_DIR, SHARD_IMAGE_FIELDS, SHARD_ROW_FIELDS, VERSION, overlay_name
+from .layout import (CHECKSUM_SUFFIX, CONFIG, FORMAT, MANIFEST, SHARD_DIR, SHARD_IMAGE_FIELDS, SHARD_LATER_ROW_FIELDS,
+                     SHARD_ROW_FIELDS, VERSION, overlay_name)
 from .shards import load_npz, read_checksum
 
 @dataclass
@@ -24,6 +25,8 @@ class Record:
     prob: float  # its softmax probability
     map: np.ndarray  # (h, w), the stored dtype
     overlay: str | None = None  # path of the overlay PNG, when one was written
+    error_estimate: float = float("nan")  # estimated relative L2 quadrature error (NaN: its rule gives none)
+    path_points: int = -1  # forward passes its image got (-1: not recorded)
 
 
 class Shard:
@@ -41,7 +44,10 @@ class Shard:
     def _get(self, name: str) -> np.ndarray:
         if name not in self._small:
             with load_npz(self.path) as z:
-                self._small[name] = z[name]
+                if name not in z.files and name in SHARD_LATER_ROW_FIELDS:  # a shard written before the field
+                    self._small[name] = np.full(self.rows, SHARD_LATER_ROW_FIELDS[name])
+                else:
+                    self._small[name] = z[name]
         return self._small[name]
 
     @property
@@ -69,7 +75,8 @@ class Shard:
     def _record(self, r, idx, ids, tgt, sc, pr, m):
         i, t = int(idx[r]), int(tgt[r])
         ov = str(self.root / overlay_name(i, t, self._shard_size)) if self._overlays else None
-        return Record(i, str(ids[r]), t, float(sc[r]), float(pr[r]), m, ov)
+        return Record(i, str(ids[r]), t, float(sc[r]), float(pr[r]), m, ov, float(self.error_estimate[r]),
+                      int(self.path_points[r]))
 
 
 class Results:
@@ -122,6 +129,16 @@ class Results:
     @property
     def probs(self) -> np.ndarray:
         return self._concat("prob")
+
+    @property
+    def error_estimates(self) -> np.ndarray:
+        """(rows,) float32 estimated relative L2 quadrature error of every map (NaN: its rule gives none)."""
+        return self._concat("error_estimate")
+
+    @property
+    def path_points(self) -> np.ndarray:
+        """(rows,) int32 path points (forward passes) each map's image got (-1: not recorded)."""
+        return self._concat("path_points")
 
     @property
     def failed(self) -> list[dict]:

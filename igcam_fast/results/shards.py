@@ -3,7 +3,9 @@
 A shard holds the maps of the images k·shard_size … (k+1)·shard_size − 1 (their global indices).
 Its arrays, with R = maps (one per image and target) and n = readable images:
 
-    maps (R, h, w) float16|float32, index/id/target/score/prob (R,), images (n,),
+    maps (R, h, w) float16|float32, index/id/target/score/prob (R,), error_estimate (R,) float32 (the
+    map's estimated relative quadrature error, NaN where its rule gives none), path_points (R,) int32
+    (the forward passes its image got), images (n,),
     failed_index/failed_id/failed_error (unreadable images), shard (), fingerprint () and
     images_sha256 () — the hash of the names, sizes and modification times of the shard's images.
 
@@ -38,11 +40,16 @@ class ShardBuffer:
     target: list[int] = field(default_factory=list)
     score: list[float] = field(default_factory=list)
     prob: list[float] = field(default_factory=list)
+    error_estimate: list[float] = field(default_factory=list)
+    path_points: list[int] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)
     failed: list[tuple[int, str, str]] = field(default_factory=list)
 
-    def add_row(self, index: int, image_id: str, target: int, score: float, prob: float, m: np.ndarray) -> None:
+    def add_row(self, index: int, image_id: str, target: int, score: float, prob: float, m: np.ndarray,
+                error_estimate: float = float("nan"), path_points: int = -1) -> None:
         self.index.append(index)
+        self.error_estimate.append(error_estimate)
+        self.path_points.append(path_points)
         self.id.append(image_id)
         self.target.append(target)
         self.score.append(score)
@@ -72,6 +79,8 @@ def write_shard(out, shard: ShardBuffer, stamp: ShardStamp, map_dtype, compress:
         index=np.asarray(shard.index, dtype=np.int64), id=_strings(shard.id),
         target=np.asarray(shard.target, dtype=np.int64), score=np.asarray(shard.score, dtype=np.float32),
         prob=np.asarray(shard.prob, dtype=np.float32), maps=maps,
+        error_estimate=np.asarray(shard.error_estimate, dtype=np.float32),
+        path_points=np.asarray(shard.path_points, dtype=np.int32),
         images=np.asarray(shard.images, dtype=np.int64),
         failed_index=np.asarray([f[0] for f in shard.failed], dtype=np.int64),
         failed_id=_strings([f[1] for f in shard.failed]), failed_error=_strings([f[2] for f in shard.failed]))

@@ -156,3 +156,21 @@ def test_captum_layer_and_input_forms_equal_captum(net, x):
     # integrated, several inputs: the straight path in both inputs is the path of their sum
     both = LayerIntegratedGradCam(two, net.layer4).attribute((half, half), target=target, n_steps=3)
     close(both, LayerIntegratedGradCam(net, net.layer4).attribute(x, target=target, n_steps=3), 1e-5)
+
+
+def test_tol_gives_each_example_its_own_path_points(net, x):
+    """attribute(tol=): the engine's error-controlled integral, with the estimate of every map kept."""
+    import igcam_fast
+
+    lig = LayerIntegratedGradCam(net, net.layer4, relu_per_step=True)
+    baselines = torch.zeros_like(x)
+    a = lig.attribute(x, baselines=baselines, target=3, tol=0.02, max_steps=31)
+    (result,) = lig.last_results
+    direct = igcam_fast.integrated_gradcam(net, x, "layer4", 3, baseline="zeros", tol=0.02, max_steps=31,
+                                           output_size="layer", return_result=True)
+    close(a[:, 0], direct.layer_maps, 1e-6)
+    assert torch.equal(result.path_points, direct.path_points)
+    assert result.error_estimate.shape == (3, 1)
+    assert ((result.error_estimate[:, 0] <= 0.02) | (result.path_points == 31)).all()
+    # the trapezoid spelling is not rescaled when tol replaces the rule
+    close(lig.attribute(x, baselines=baselines, target=3, tol=0.02, max_steps=31, method="riemann_trapezoid"), a, 1e-6)

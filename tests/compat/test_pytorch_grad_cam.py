@@ -230,3 +230,66 @@ def test_integrated_gradcam_in_upstream_tools():
     lo = product.min(axis=(1, 2), keepdims=True)
     expected = (product - lo) / (1e-7 + (product - lo).max(axis=(1, 2), keepdims=True))
     np.testing.assert_allclose(refined, expected, atol=1e-5)
+
+
+def _rows_through(net):
+    """A counter of the rows (images) that enter the model's first convolution."""
+    seen = {"rows": 0}
+    handle = net.conv1.register_forward_pre_hook(lambda m, args: seen.__setitem__("rows", seen["rows"] + args[0].shape[0]))
+    return seen, handle
+
+
+@pytest.mark.parametrize("cls", ["GradCAM", "IntegratedGradCAM"])
+def test_several_target_layers_share_every_forward(cls):
+    """Two target layers: the maps of two one-layer CAMs averaged as upstream, from one set of forwards."""
+    net = small()
+    x = images(2, (64, 64))
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(4)]
+    layers = [net.layer3[-1], net.layer4[-1]]
+    options = dict(steps=5) if cls == "IntegratedGradCAM" else {}
+    seen, handle = _rows_through(net)
+    try:
+        with getattr(fast, cls)(net, layers, **options) as cam:
+            together = cam(x, targets)
+            grads = [g.shape for g in cam.activations_and_grads.gradients]
+        shared_rows = seen["rows"]
+        seen["rows"] = 0
+        for layer in layers:
+            with getattr(fast, cls)(net, [layer], **options) as cam:
+                cam(x, targets)
+        separate_rows = seen["rows"]
+    finally:
+        handle.remove()
+    path_rows = 2 * 5 + 1 if cls == "IntegratedGradCAM" else 2  # path images (+ the baseline's one row)
+    assert shared_rows == path_rows
+    assert separate_rows == 2 * path_rows
+    rows = 2 * 5 if cls == "IntegratedGradCAM" else 2
+    assert grads == [(rows, 256, 4, 4), (rows, 512, 2, 2)]
+    # upstream's aggregation (per-layer min-max at layer resolution, resize, mean, min-max) of the
+    # maps of one-layer engines
+    function = igcam_fast.integrated_gradcam if cls == "IntegratedGradCAM" else igcam_fast.gradcam
+    per_layer = [function(net, x, name, [1, 4], output_size="layer", closed_form_head=False, **options)
+                 for name in ("layer3.1", "layer4.1")]
+    scaled = torch.stack([igcam_fast.ops.upsample(igcam_fast.ops.minmax_scale(m), (64, 64)) for m in per_layer], 1)
+    expected = igcam_fast.ops.minmax_scale(scaled.clamp(min=0).mean(dim=1))
+    np.testing.assert_allclose(together, expected.numpy(), atol=1e-5)
+
+
+def test_integrated_gradcam_with_tol_reports_each_images_error():
+    net = small()
+    x = images(3, (64, 64))
+    targets = [ClassifierOutputTarget(c) for c in (1, 2, 3)]
+    with fast.IntegratedGradCAM(net, [net.layer4[-1]], tol=0.02, return_tensor=True) as cam:
+        got = cam(x, targets)
+        result = cam.last_result
+        activations = cam.activations_and_grads.activations[0]
+    direct = igcam_fast.integrated_gradcam(net, x, "layer4.1", [1, 2, 3], tol=0.02, output_size="layer",
+                                           return_result=True)
+    assert torch.equal(result.path_points, direct.path_points)
+    torch.testing.assert_close(result.error_estimate, direct.error_estimate)
+    assert activations.shape[0] == int(result.path_points.sum())
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    expected = scale_cam_image(scale_cam_image(direct.layer_maps.numpy(), (64, 64)))
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="one layer per engine"):
+        fast.IntegratedGradCAM(net, [net.layer3[-1], net.layer4[-1]], tol=0.02)

@@ -59,3 +59,10 @@ def test_faithfulness_metrics(setup):
                                                   disable_warnings=True, display_progressbar=False)
     scores = correlation(model=net, x_batch=x, y_batch=y, explain_func=bound, device="cpu")
     assert np.isfinite(np.asarray(scores, dtype=np.float64)).all()
+
+
+def test_tol_reaches_the_engine(setup):
+    net, x, y, _ = setup
+    a = explain_func(model=net, inputs=x, targets=y, layer="4", tol=0.01)
+    expected = igcam_fast.integrated_gradcam(net, torch.from_numpy(x), "4", torch.from_numpy(y), tol=0.01)
+    np.testing.assert_allclose(a[:, 0], expected.numpy(), rtol=1e-5, atol=1e-7)

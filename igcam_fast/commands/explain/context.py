@@ -81,6 +81,8 @@ def build_context(args, world: World) -> RunContext:
         class_names_sha256=(fingerprint_of(class_names) if class_names else None),
         decode="draft" if args.fast_decode else "full", data_kind=data.kind, data_split=data.split,
         data_count=len(data), data_ids_sha256=data.fingerprint(), shard_size=args.shard_size)
+    if engine.config.tol is not None:  # only then: the settings (and fingerprints) of fixed-rule runs stay as they were
+        settings.update(rule="patterson", steps=None, tol=engine.config.tol, max_steps=engine.config.max_steps)
     info = dict(data=str(Path(args.data).resolve()), weights=args.weights, targets_arg=args.targets,
                 world_size=world.size, device=str(world.device), max_pixels=args.max_pixels)
     spec.model.to(world.device)

@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from igcam_fast import results as rio
@@ -141,11 +142,15 @@ def _explain_batch(ctx: RunContext, batch: Batch, shard: rio.ShardBuffer, stats:
     result = ctx.engine.explain(x, padded)
     maps = result.maps if width > 1 else result.maps[:, None]
     maps = maps.to(torch.float16 if ctx.args.map_dtype == "float16" else torch.float32).cpu().numpy()
+    estimates = (result.error_estimate.cpu().numpy() if result.error_estimate is not None
+                 else np.full((len(idx), width), np.nan))
+    points = result.path_points.cpu().numpy()
     probs = logits.softmax(dim=1).cpu().numpy()
     logits_np = logits.cpu().numpy()
     for r, (i, cls) in enumerate(zip(idx, per_image)):
         for t, c in enumerate(cls):
-            shard.add_row(i, data.ids[i], c, logits_np[r, c], probs[r, c], maps[r, t])
+            shard.add_row(i, data.ids[i], c, logits_np[r, c], probs[r, c], maps[r, t], float(estimates[r, t]),
+                          int(points[r]))
             if ctx.args.overlays:
                 write_overlay(ctx.out, u8[r], maps[r, t], i, c, ctx.shard_size)
     stats.maps += sum(len(c) for c in per_image)

@@ -65,9 +65,9 @@ def build_engine(spec, args):
     options = dict(method=args.method, preset=args.preset, rule=args.rule, steps=args.steps,
                    baseline=args.baseline, mean=spec.mean, std=spec.std, normalize=args.normalize,
                    output_size="layer" if args.resolution == "layer" else None,
-                   batch_rows=args.batch_rows, autocast=DTYPES[args.dtype])
+                   batch_rows=args.batch_rows, autocast=DTYPES[args.dtype], tol=args.tol, max_steps=args.max_steps)
     if args.method != "igcam":
-        for k in ("preset", "rule", "steps"):
+        for k in ("preset", "rule", "steps", "tol", "max_steps"):
             if options[k] is None:
                 del options[k]
     try:

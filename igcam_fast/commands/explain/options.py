@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"igcam preset: {', '.join(PRESETS)} (default: default, Gauss-Legendre m=10)")
     p.add_argument("--steps", type=int, help="igcam path points m (default: the library's)")
     p.add_argument("--rule", help="igcam quadrature rule (default: the library's)")
+    p.add_argument("--tol", type=float,
+                   help="igcam: integrate each image until its own estimated quadrature error (relative L2 of the "
+                        "map) is at most TOL, e.g. 0.01 (nested Gauss-Kronrod-Patterson rounds; --preset, --steps "
+                        "and --rule are then not used). Every stored map records its estimate and path points")
+    p.add_argument("--max-steps", type=int, help="with --tol: the most path points an image gets (default 63)")
     p.add_argument("--baseline", default="black", choices=["black", "zeros"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="forward precision (autocast)")
     p.add_argument("--resolution", default="layer", choices=["layer", "input"],
@@ -70,12 +75,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_options(args) -> None:
     """Refuse values no run could use, before anything is loaded or written."""
     positive = dict(batch_size="--batch-size", shard_size="--shard-size", max_pixels="--max-pixels",
-                    batch_rows="--batch-rows", input_size="--input-size", steps="--steps", num_classes="--num-classes")
+                    batch_rows="--batch-rows", input_size="--input-size", steps="--steps", num_classes="--num-classes",
+                    max_steps="--max-steps")
     for name, flag in positive.items():
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ExplainError(f"{flag} must be a positive integer, got {value}")
     if args.workers is not None and args.workers < 0:
         raise ExplainError(f"--workers must be 0 (decode in the main process) or more, got {args.workers}")
+    if args.tol is not None and args.method != "igcam":
+        raise ExplainError(f"--tol applies to Integrated Grad-CAM's path integral; --method {args.method} is one point")
+    if args.tol is not None and (args.preset or args.steps or args.rule):
+        raise ExplainError("--tol chooses each image's path points itself: drop --preset, --steps and --rule")
+    if args.max_steps is not None and args.tol is None:
+        raise ExplainError("--max-steps caps the path points of --tol; give --tol too (or use --steps)")
     if not args.log_every > 0 or not args.timeout_hours > 0:
         raise ExplainError("--log-every and --timeout-hours must be positive")

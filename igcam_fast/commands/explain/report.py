@@ -53,8 +53,9 @@ def write_html(out: Path, manifest: dict, class_names, log, per_page: int = PER_
     ids, idx, tgt, pr = results.ids, results.index, results.targets, results.probs
     shard_size = manifest["settings"]["shard_size"]
     s = manifest["settings"]
+    points = f"tol={s['tol']}" if s.get("tol") is not None else f"m={s['steps']}"
     head = (f"{html.escape(printable(s['model']))} · {html.escape(s['layer'])} · {s['method']} ({s['rule']}, "
-            f"m={s['steps']}) · {manifest['totals']['maps']} maps, {manifest['totals']['failed']} unreadable")
+            f"{points}) · {manifest['totals']['maps']} maps, {manifest['totals']['failed']} unreadable")
     written = 0
     for p in range(pages):
         path = out / rio.html_page_name(p)
