@@ -67,6 +67,8 @@ def _check_numbers(args) -> None:
                                ("--input-size", args.input_size, 1), ("--steps", args.steps, 1)):
         if value is not None and value < least:
             raise CommandError(f"{name} must be at least {least}, got {value}")
+    if args.max_steps is not None and args.tol is None:
+        raise CommandError("--max-steps caps the path points of --tol; give --tol too")
 
 
 def _settings(args):

@@ -72,6 +72,8 @@ def test_command_writes_every_field_and_consistent_ratios(tmp_path, capsys):
     (["--model", "tiny_models:tiny_cnn", "--batch", "0"], "--batch must be at least 1"),
     (["--model", "tiny_models:tiny_cnn", "--preset", "fastest"], "--preset"),
     (["--model", "tiny_models:tiny_cnn", "--rule", "simpson"], "--rule"),
+    (["--model", "tiny_models:tiny_cnn", "--tol", "2"], "--tol"),
+    (["--model", "tiny_models:tiny_cnn", "--max-steps", "31"], "--max-steps"),
 ])
 def test_command_mistakes_are_one_line_errors(argv, words, tmp_path):
     args = cli.build_parser().parse_args(["bench", *argv, "--repeats", "1", "--no-progress",
@@ -80,6 +82,15 @@ def test_command_mistakes_are_one_line_errors(argv, words, tmp_path):
         args.run(args)
     message = str(err.value)
     assert words in message and "\n" not in message, message
+
+
+def test_command_times_the_error_controlled_setting(tmp_path):
+    """--tol: one more row, its m the mean path points per image, no floor (no fixed path)."""
+    payload, _ = _bench(tmp_path, "--batch", "2", "--tol", "0.05", "--max-steps", "31")
+    row = next(r for r in payload["rows"] if r["role"] == "igcam_tol")
+    assert row["provider"] == "IG-CAM tol=0.05, ≤31" and row["rule"] == "patterson"
+    assert 7 <= row["m"] <= 31 and row["floor"] is None and row["x_floor"] is None and row["median_ms"] > 0
+    assert payload["settings"]["tol"] == 0.05 and payload["settings"]["max_steps"] == 31
 
 
 def test_command_refuses_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):

@@ -105,3 +105,20 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     main(_base(data, out))
     maps = {r.id: r.map for r in open_results(out)}
     np.testing.assert_array_equal(maps["deep.png"], maps["eight.png"])
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--tol", "0.01", "--method", "gradcam"], "--tol applies to Integrated Grad-CAM"),
+    (["--tol", "0.01"], "drop --preset, --steps and --rule"),  # _base gives --steps
+    (["--max-steps", "31"], "--max-steps caps the path points of --tol"),
+    (["--tol", "1.5", "--steps", "0"], "--steps must be a positive integer"),
+])
+def test_tol_mistakes(listing, tmp_path, capsys, extra, words):
+    line = fails_with_one_line(_base(listing, tmp_path / "o", *extra), capsys)
+    assert words in line, line
+
+
+def test_tol_out_of_range_is_one_line(listing, tmp_path, capsys):
+    argv = [a for a in _base(listing, tmp_path / "o", "--tol", "1.5") if a not in ("--steps", "2")]
+    line = fails_with_one_line(argv, capsys)
+    assert "tol must be a relative error between 0 and 1" in line, line

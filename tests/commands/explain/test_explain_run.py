@@ -158,3 +158,30 @@ def test_label_file_targets_and_images_without_targets(data, tmp_path, capsys):
         main(["explain", "--data", str(data), "--model", MODEL, "--out", str(tmp_path / "p"),
               "--targets", "all-present", "--format", "folder"])
     assert "needs labels" in capsys.readouterr().err
+
+
+def test_every_map_records_its_error_estimate_and_path_points(data, reference, tmp_path):
+    """A fixed rule stores NaN estimates and its m; --tol stores each map's own estimate and points,
+    equal to the engine's with the same tol."""
+    fixed = open_results(reference)
+    assert np.isnan(fixed.error_estimates).all() and (fixed.path_points == 8).all()
+    assert np.isnan(fixed[0].error_estimate) and fixed[0].path_points == 8
+
+    out = tmp_path / "tol"
+    main(cmd(data, out, "--tol", "0.02", "--max-steps", "31", "--resolution", "layer", "--map-dtype", "float32"))
+    results = open_results(out)
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["tol"] == 0.02 and settings["max_steps"] == 31 and settings["rule"] == "patterson"
+    names = ids(data)
+    spec = tiny_models.tiny_cnn()
+    images = torch.stack([load_image_uint8(str(data / names[i]), 32) for i in results.index])
+    x = to_model_input(images, spec.mean, spec.std)
+    with CamEngine(spec.model, spec.layer, tol=0.02, max_steps=31, mean=spec.mean, std=spec.std,
+                   output_size="layer") as engine:
+        expected = engine.explain(x)
+    assert (results.path_points >= 7).all() and (results.path_points <= 31).all()
+    # the data set is explained in batches, so compare per image (each image's rounds are its own)
+    np.testing.assert_array_equal(results.path_points, expected.path_points.numpy())
+    np.testing.assert_allclose(results.error_estimates, expected.error_estimate[:, 0].numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(results.maps(), expected.layer_maps.numpy(), rtol=1e-4,
+                               atol=1e-5 * float(expected.layer_maps.abs().max()))
