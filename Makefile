@@ -1,6 +1,6 @@
 # The two commands of the README. Each sets itself up: a virtual environment in .venv with the
-# pinned packages of requirements.txt and the compiled extension. A second run only rebuilds
-# what changed.
+# pinned packages (requirements.txt for the demo; requirements-test.txt adds the test runner and the
+# peer libraries for the tests) and the compiled extension. A second run only rebuilds what changed.
 #
 # Two build modes, one stamp each, so that they never undo each other:
 #   make demo  builds what can run here: the CPU extension, plus the CUDA one where a GPU is visible.
@@ -12,6 +12,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := $(VENV)/.packages-installed
+PACKAGES_TEST := $(VENV)/.test-packages-installed
 BUILT_DEFAULT := $(VENV)/.extension-built
 BUILT_CUDA := $(VENV)/.extension-built-with-cuda
 SOURCES := setup.py setup.cfg pyproject.toml $(shell find csrc -type f 2>/dev/null)
@@ -44,13 +45,18 @@ browser:
 # change in csrc/ rebuilds it rather than leaving a stale CUDA module beside a fresh CPU one.
 setup: $(if $(wildcard $(BUILT_CUDA)),$(BUILT_CUDA),$(BUILT_DEFAULT))
 
-setup-test: $(BUILT_CUDA)
+setup-test: $(PACKAGES_TEST) $(BUILT_CUDA)
 
 $(PACKAGES): requirements.txt
 	@echo "==> [1/3] virtual environment in $(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "==> [2/3] installing the pinned packages of requirements.txt (torch and its CUDA libraries are most of it)"
 	$(PIP) install --progress-bar off --no-compile -r requirements.txt
+	touch $@
+
+$(PACKAGES_TEST): $(PACKAGES) requirements-test.txt
+	@echo "==> installing the test packages of requirements-test.txt (pytest; pytorch-grad-cam, captum, Quantus)"
+	$(PIP) install --progress-bar off --no-compile -r requirements-test.txt
 	touch $@
 
 # --no-build-isolation: the extension is compiled against the torch installed above.

@@ -5,7 +5,8 @@
 // writing out of bounds. Every message names the argument.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 
 #include <optional>
 #include <string>

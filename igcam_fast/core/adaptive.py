@@ -194,7 +194,7 @@ def engine_node_maps(engine, x, baseline, baseline_features, targets, head, rows
             for autocast in engine.precisions():
                 parts = engine._chunk(*sub, part, steps, alphas[steps], one, head, autocast)
                 if parts is not None:
-                    (parts,) = parts
+                    (parts,), _ = parts  # the one layer's maps (no embedded rule with one weight)
                     break
                 fallback += (part.stop - part.start) * (steps.stop - steps.start)
             else:

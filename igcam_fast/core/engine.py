@@ -37,7 +37,7 @@ from igcam_fast.core.head import find_linear_head
 from igcam_fast.core.layer import LayerExplainer, chunk_plan, resolve_layer, training_dependent_modules
 from igcam_fast.core.methods import METHODS, get_method
 from igcam_fast.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from igcam_fast.core.quadrature import NESTED_RULES
+from igcam_fast.core.quadrature import NESTED_RULES, embedded_rule
 from igcam_fast.core.targets import Targets, resolve_targets
 
 __all__ = [
@@ -64,10 +64,13 @@ class CamResult:
     precision_fallback_rows: path images whose fp16 activations or gradients were not finite and were
         redone in float32 (0 unless autocast=torch.float16).
     settings: the method, quadrature and layer, for records.
-    error_estimate: (B, T) float64 estimate of each layer map's relative L2 quadrature error, for
-        ``tol=`` and the nested ``rule="patterson"`` (igcam_fast.core.adaptive); None for the other
-        rules, whose path points are summed inside the fused combine (``settings["error_estimate"]``
-        says so). An estimate above ``tol`` means the image reached ``max_steps``.
+    error_estimate: (B, T) float64 estimate of each layer map's relative L2 quadrature error: for
+        ``tol=`` and the nested ``rule="patterson"`` (igcam_fast.core.adaptive), and for the fixed
+        rules that contain a coarser rule's nodes (right/left Riemann and the demo's with an even m,
+        trapezoid with an odd m, midpoint with m divisible by 3: a second fused sum over the coarse
+        nodes, Richardson's estimate; igcam_fast.core.quadrature.embedded_rule). None for the others
+        (Gauss–Legendre; ``settings["error_estimate"]`` says why). An estimate above ``tol`` means
+        the image reached ``max_steps``.
     path_points: (B,) int64 path points (forward passes) each image got.
     """
 
@@ -110,6 +113,14 @@ class CamEngine(LayerExplainer):
         self.config = config if config is not None else CamConfig.from_options(**options)
         self._method = get_method(self.config.method)
         self.alphas, self.step_weights = self._method.path(self.config.rule, self.config.steps)
+        nested = self.config.tol is not None or self.config.rule in NESTED_RULES
+        if self._method.walks_path and not nested:
+            # the fixed rule's own error estimate, where its nodes contain a coarser rule's
+            self._coarse_weights, self._estimate_factor, self._estimate_note = embedded_rule(
+                self.config.rule, self.config.steps)
+        else:
+            self._coarse_weights, self._estimate_factor = None, 0.0
+            self._estimate_note = "nested" if nested else "none: one point (no path integral)"
         self._layout_by_shape: dict[tuple, bool] = {}  # input (C, H, W) -> channels_last accepted
         super().__init__(model, layer, batch_rows=self.config.batch_rows, allow_training=self.config.allow_training)
         self.several_layers = len(self.layers) > 1
@@ -245,7 +256,8 @@ class CamEngine(LayerExplainer):
         integrate = partial(adaptive.integrate_engine, self) if nested_rule else self._integrate
         while True:
             try:
-                layer_maps, fallback, *nested = integrate(x, baseline, baseline_features, resolved, rows, head)
+                # extra: the NestedIntegral of a nested rule; else the embedded coarse rule's maps or None
+                layer_maps, fallback, extra = integrate(x, baseline, baseline_features, resolved, rows, head)
                 break
             except torch.cuda.OutOfMemoryError:
                 if rows == 1:
@@ -253,6 +265,7 @@ class CamEngine(LayerExplainer):
                 rows = max(1, rows // 2)
                 self.batch_rows = rows  # remember: the next call starts where this one fitted
                 torch.cuda.empty_cache()
+        layer_maps_full = layer_maps  # (B, T, h, w) per layer, before the T = 1 squeeze
         with record_function("igcam::upsample"):
             maps = [self._upsample(per_layer, x.shape[-2:]) for per_layer in layer_maps]
         if resolved.per_image == 1:
@@ -262,13 +275,18 @@ class CamEngine(LayerExplainer):
                         subtract_baseline=config.subtract_baseline,
                         layer=list(self.layer_names) if self.several_layers else self.layer_name,
                         autocast=str(config.autocast), batch_rows=rows, channels_last=self._channels_last(x))
-        if nested:  # (B,) points and (B, T) estimates of the nested integration
-            settings.update(rule="patterson", steps=int(nested[0].path_points.max()), tol=config.tol,
-                            not_converged=torch.nonzero(~nested[0].converged).flatten().tolist())
-            estimate, points = nested[0].error_estimate, nested[0].path_points
+        if nested_rule:  # (B,) points and (B, T) estimates of the nested integration
+            settings.update(rule="patterson", steps=int(extra.path_points.max()), tol=config.tol,
+                            not_converged=torch.nonzero(~extra.converged).flatten().tolist())
+            estimate, points = extra.error_estimate, extra.path_points
         else:
-            settings["error_estimate"] = "none: this rule's path points are summed inside the fused combine"
-            estimate, points = None, torch.full((B,), len(self.alphas), dtype=torch.int64)
+            settings["error_estimate"] = self._estimate_note
+            points = torch.full((B,), len(self.alphas), dtype=torch.int64)
+            estimate = None
+            if extra is not None:  # Richardson on the embedded coarse rule, (B, T) per layer
+                estimate = tuple(self._estimate_factor * adaptive.relative_difference(fine, coarse).cpu()
+                                 for fine, coarse in zip(layer_maps_full, extra))
+                estimate = estimate if self.several_layers else estimate[0]
         return CamResult(maps=maps, layer_maps=layer_maps, logits=logits_x, targets=resolved.indices,
                          closed_form_head=head is not None, head=head_reason,
                          precision_fallback_rows=fallback, settings=settings, error_estimate=estimate,
@@ -322,18 +340,22 @@ class CamEngine(LayerExplainer):
         return repr(self.layer_name) if not self.several_layers else str(self.layer_names)
 
     def _integrate(self, x, baseline, baseline_features, targets: Targets, rows, head):
-        """([layer maps (B, T, h, w) per layer], path images redone in float32)."""
+        """([layer maps (B, T, h, w) per layer], path images redone in float32, [the embedded coarser
+        rule's maps per layer] or None)."""
         device = x.device
         B, m, T = x.shape[0], self.config.steps, targets.per_image
         node_dtype = ops.accumulation_dtype(x.dtype)
         alphas = self.alphas.to(device, node_dtype)
         step_weights = self.step_weights.to(device, node_dtype)
-        layer_maps, fallback = None, 0
+        coarse_weights = None if self._coarse_weights is None else self._coarse_weights.to(device, node_dtype)
+        layer_maps, coarse_maps, fallback = None, None, 0
         for images, steps in chunk_plan(B, m, rows):
             for autocast in _precisions(self.config.autocast):
                 parts = self._chunk(x, baseline, baseline_features, targets, images, steps, alphas[steps],
-                                            step_weights[steps], head, autocast)
+                                    step_weights[steps], head, autocast,
+                                    None if coarse_weights is None else coarse_weights[steps])
                 if parts is not None:
+                    parts, coarse_parts = parts
                     break
                 fallback += (images.stop - images.start) * (steps.stop - steps.start)
             else:
@@ -342,12 +364,17 @@ class CamEngine(LayerExplainer):
                                  "produces them for these inputs or their path images")
             if layer_maps is None:
                 layer_maps = [torch.zeros(B, T, *p.shape[2:], dtype=p.dtype, device=device) for p in parts]
+                coarse_maps = None if coarse_parts is None else [torch.zeros_like(t) for t in layer_maps]
             for total, part in zip(layer_maps, parts):
                 total[images] += part
-        return layer_maps, fallback
+            for total, part in zip(coarse_maps or (), coarse_parts or ()):
+                total[images] += part
+        return layer_maps, fallback, coarse_maps
 
-    def _chunk(self, x, baseline, baseline_features, targets, images, steps, alphas, step_weights, head, autocast):
-        """[maps (n, T, h, w) per layer] of one chunk of path images, or None if a value was not finite."""
+    def _chunk(self, x, baseline, baseline_features, targets, images, steps, alphas, step_weights, head, autocast,
+               coarse_weights=None):
+        """([maps (n, T, h, w) per layer], [the same summed with coarse_weights] or None) of one chunk
+        of path images, or None if a value was not finite."""
         forward_dtype = autocast or x.dtype
         channels_last = self._channels_last(x)
         with record_function("igcam::path"):
@@ -368,6 +395,7 @@ class CamEngine(LayerExplainer):
             A_base = [(f if f.dim() == 3 else f[images]).to(a.dtype) for f, a in zip(baseline_features, activations)]
         finite = torch.stack([torch.isfinite(a).all() for a in activations]).all()
         parts = [[] for _ in activations]  # per layer, per target
+        coarse = [[] for _ in activations]
         for column in range(targets.per_image):
             gradients = [None] * len(activations)
             weights = None
@@ -381,13 +409,16 @@ class CamEngine(LayerExplainer):
                                                 retain=column + 1 < targets.per_image)
                 finite = finite & torch.stack([torch.isfinite(g).all() for g in gradients]).all()
             with record_function("igcam::combine"):
-                for layer_parts, a, g, a_base in zip(parts, activations, gradients, A_base):
-                    layer_parts.append(ops.combine(a, g, weights, a_base, step_weights,
-                                                   weight_mode=self._method.weight_mode, relu=self.config.relu,
-                                                   backend=self.config.backend))
+                for layer_parts, layer_coarse, a, g, a_base in zip(parts, coarse, activations, gradients, A_base):
+                    for out, w in ((layer_parts, step_weights), (layer_coarse, coarse_weights)):
+                        if w is not None:  # the coarse rule: a second fused sum of the same path points
+                            out.append(ops.combine(a, g, weights, a_base, w, weight_mode=self._method.weight_mode,
+                                                   relu=self.config.relu, backend=self.config.backend))
         stacked = [torch.stack(layer_parts, dim=1) for layer_parts in parts]
         finite = finite & torch.stack([torch.isfinite(m).all() for m in stacked]).all()
-        return stacked if bool(finite) else None
+        if not bool(finite):
+            return None
+        return stacked, (None if coarse_weights is None else [torch.stack(c, dim=1) for c in coarse])
 
     def precisions(self):
         """The forward precisions to try in turn for a chunk: fp16 overflows are redone in float32."""

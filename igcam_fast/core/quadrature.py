@@ -140,3 +140,42 @@ def path_nodes(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"steps must be >= 1, got {steps}")
     nodes, weights = _nodes_and_weights(rule, int(steps))
     return torch.tensor(nodes, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+
+
+#: Richardson's safety factor on the embedded-rule estimate below: the estimate is this many times the
+#: error the asymptotic rate predicts, so that it stays above the truth before that rate is reached.
+EMBEDDED_SAFETY = 2.0
+
+#: Every r-th node of these rules is a coarser rule of the same kind.
+_EMBEDDED = {"right": 2, "left": 2, "demo": 2, "trapezoid": 2, "middle": 3}
+
+
+def embedded_rule(rule: str, steps: int) -> tuple[torch.Tensor | None, float, str]:
+    """(coarse weights (m,), factor, why): the weights of the coarser rule whose nodes are a subset of
+    this rule's (zero on the other nodes), and the factor that turns the relative difference d of the
+    two sums into an error estimate of the finer one, ``factor · d``; or (None, 0, why not).
+
+    Richardson: with an error ≈ C·m^-p, the finer sum's error is d / (r^p − 1) for r times fewer
+    points in the coarse rule; the factor is that times :data:`EMBEDDED_SAFETY`, with p = 1 for every
+    rule: the first-order end-point term of the Riemann sums, and for the trapezoid and midpoint rules
+    the kinks and jumps of S (a ReLU network's S is piecewise smooth in α) that keep them from their
+    smooth-integrand order at the m a user runs. Right/left Riemann sums (and the demo's) with an even
+    m and the trapezoid rule with an odd m keep every other node; the midpoint rule with m divisible
+    by 3 every third node. Gauss–Legendre nodes are not nested.
+    """
+    rule = canonical_rule(rule)
+    if rule not in _EMBEDDED:
+        return None, 0.0, f"none: the {rule} rule's nodes contain no coarser rule (use tol= or rule='patterson')"
+    r = _EMBEDDED[rule]
+    fits = {"trapezoid": steps % 2 == 1 and steps >= 3}.get(rule, steps % r == 0 and steps >= r)
+    if not fits:
+        need = "an odd m of at least 3" if rule == "trapezoid" else f"m divisible by {r}"
+        return None, 0.0, f"none: the {rule} rule with m = {steps} has no embedded coarser rule (it needs {need})"
+    coarse_steps = (steps + 1) // 2 if rule == "trapezoid" else steps // r
+    _, fine = path_nodes(rule, steps)
+    _, coarse = path_nodes(rule, coarse_steps)
+    # the first kept node: right sums end at 1 (t = r-1, 2r-1, ...), midpoints sit mid-cell
+    first = {"right": r - 1, "middle": (r - 1) // 2}.get(rule, 0)
+    weights = torch.zeros(steps, dtype=torch.float64)
+    weights[torch.arange(first, steps, r)] = coarse * (fine.sum() / coarse.sum())  # the demo sums: same total
+    return weights, EMBEDDED_SAFETY / (r - 1), f"embedded {rule} rule of {coarse_steps} points (Richardson, p = 1)"
