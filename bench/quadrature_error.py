@@ -10,6 +10,8 @@ For each model and layer, on the bundled real photos with the top ``--classes`` 
   * the nested rule at each level (rule="patterson", steps 7, 15, 31; and d_n alone, without the
     contraction check) and tol=0.01: the engine's
     estimate against the true relative L2 error of every map
+  * the fixed rules with embedded nodes (right Riemann m = 50, the paper's, and 16, trapezoid 17,
+    midpoint 12): their Richardson estimate against the true error (``--embedded-only``: just these)
   * side by side in one run, warm (A' cached): tol=0.01 and the fixed default (Gauss–Legendre m=10),
     plus fixed Gauss–Legendre m to find the fewest points that reach tol=0.01's worst true error:
     forward passes per image (counted by a hook on the model) and seconds per image.
@@ -34,6 +36,9 @@ from igcam_fast.models import load_model
 TOL = 0.01
 NESTED_LEVELS = (7, 15, 31)
 FIXED_SCAN = (12, 16, 24)  # Gauss–Legendre m besides the default, for the "same worst error" row
+#: Fixed rules whose nodes contain a coarser rule's: they report Richardson's estimate (the paper's first).
+EMBEDDED_RUNS = (("right 50 (paper)", dict(rule="right", steps=50)), ("right 16", dict(rule="right", steps=16)),
+                 ("trapezoid 17", dict(rule="trapezoid", steps=17)), ("middle 12", dict(rule="middle", steps=12)))
 
 
 def models(names, size):
@@ -82,7 +87,8 @@ def timed(model, layer, x, targets, counter, options):
     return result, seconds / B, cpu / B, counter.rows / B
 
 
-def study(label, model, layer, mean, std, photos, classes, size, truth_dtype, fixed_only=None, scan=FIXED_SCAN):
+def study(label, model, layer, mean, std, photos, classes, size, truth_dtype, fixed_only=None, scan=FIXED_SCAN,
+          embedded_only=False):
     x = torch.cat([to_input(p.image, size, mean, std) for p in photos])
     with torch.no_grad():
         targets = model(x).topk(classes, dim=1).indices
@@ -101,8 +107,11 @@ def study(label, model, layer, mean, std, photos, classes, size, truth_dtype, fi
         runs += [(f"tol={TOL}", dict(tol=TOL))]
         runs += [(f"gausslegendre {m}" + (" (default)" if m == DEFAULT_STEPS else ""),
                   dict(rule="gausslegendre", steps=m)) for m in sorted({DEFAULT_STEPS, *scan})]
+        runs += list(EMBEDDED_RUNS)
         if fixed_only:  # a supplement: only these Gauss-Legendre m
             runs = [(f"gausslegendre {m}", dict(rule="gausslegendre", steps=m)) for m in fixed_only]
+        if embedded_only:  # a supplement: only the fixed rules with an embedded estimate
+            runs = list(EMBEDDED_RUNS)
         for name, options in runs:
             result, seconds, cpu, passes = timed(model, layer, x, targets, counter, dict(common, **options))
             maps = result.layer_maps if result.layer_maps.dim() == 4 else result.layer_maps[:, None]
@@ -212,6 +221,9 @@ def main(argv=None):
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--tag", default="cpu", help="goes into the file name")
     parser.add_argument("--fixed-only", default=None, help="comma-separated Gauss-Legendre m: run only these")
+    parser.add_argument("--embedded-only", action="store_true",
+                        help="run only the fixed rules with an embedded estimate (right 50 and 16, trapezoid 17, "
+                             "midpoint 12)")
     parser.add_argument("--scan", default=None, help=f"comma-separated Gauss-Legendre m beside the default "
                                                       f"(default {','.join(map(str, FIXED_SCAN))})")
     parser.add_argument("--tables-from", nargs="+", default=None, metavar="JSON",
@@ -237,7 +249,8 @@ def main(argv=None):
         rows, cost = study(label, model, layer, mean, std, photos, args.classes, args.size,
                            getattr(torch, args.truth_dtype),
                            [int(m) for m in args.fixed_only.split(",")] if args.fixed_only else None,
-                           tuple(int(m) for m in args.scan.split(",")) if args.scan else FIXED_SCAN)
+                           tuple(int(m) for m in args.scan.split(",")) if args.scan else FIXED_SCAN,
+                           embedded_only=args.embedded_only)
         all_rows += rows
         all_cost += cost
         header = [f"# Quadrature error estimate vs truth, and the cost of tol={TOL}", "",
