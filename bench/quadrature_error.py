@@ -139,6 +139,8 @@ def plain_differences(rows, nested_maps, photos, classes):
     fixed nested runs' maps: what the check adds is seen against these."""
     derived = []
     for n, coarser in zip(NESTED_LEVELS[1:], NESTED_LEVELS):
+        if n not in nested_maps or coarser not in nested_maps:  # a supplement without the nested runs
+            continue
         d = rel_errors(nested_maps[coarser], nested_maps[n])  # ‖Q_c − Q_n‖ / ‖Q_n‖
         for r in rows:
             if r["run"] == f"patterson {n}":
@@ -179,6 +181,8 @@ def replayed(rows, tolerances=(0.02, 0.05)):
         for r in rows:
             if r["model"] == model and r["run"] in {f"patterson {n}" for n in NESTED_LEVELS}:
                 nested.setdefault(r["photo"], {}).setdefault(int(r["run"].split()[1]), []).append(r)
+        if not nested:  # a supplement without the nested runs
+            continue
         for tol in (TOL, *tolerances):
             passes, chosen, open_ = [], [], 0
             for photo, levels in nested.items():
