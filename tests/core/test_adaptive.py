@@ -210,8 +210,8 @@ def test_fixed_rules_report_points_and_the_estimate_their_nodes_allow():
 
 
 @pytest.mark.parametrize("rule, m, coarse_m, offset, factor", [
-    ("right", 10, 5, 1, 2.0), ("left", 8, 4, 0, 2.0), ("demo", 6, 3, 0, 2.0), ("trapezoid", 9, 5, 0, 2.0),
-    ("middle", 12, 4, 1, 1.0),
+    ("right", 10, 5, 1, 4.0), ("left", 8, 4, 0, 4.0), ("demo", 6, 3, 0, 4.0), ("trapezoid", 9, 5, 0, 4.0),
+    ("middle", 12, 4, 1, 2.0),
 ])
 def test_embedded_rules_are_the_coarser_rule_on_a_subset_of_the_nodes(rule, m, coarse_m, offset, factor):
     weights, got_factor, why = embedded_rule(rule, m)
