@@ -113,18 +113,16 @@ class CamEngine(LayerExplainer):
         self.config = config if config is not None else CamConfig.from_options(**options)
         self._method = get_method(self.config.method)
         self.alphas, self.step_weights = self._method.path(self.config.rule, self.config.steps)
-        nested = self.config.tol is not None or self.config.rule in NESTED_RULES
-        if self._method.walks_path and not nested:
-            # the fixed rule's own error estimate, where its nodes contain a coarser rule's
-            self._coarse_weights, self._estimate_factor, self._estimate_note = embedded_rule(
-                self.config.rule, self.config.steps)
-        else:
-            self._coarse_weights, self._estimate_factor = None, 0.0
-            self._estimate_note = "nested" if nested else "none: one point (no path integral)"
+        nested = self.config.tol is not None or self.config.rule in NESTED_RULES  # igcam_fast.core.adaptive
+        # a fixed rule's own error estimate, where its nodes contain a coarser rule's (the nested
+        # integration has its own; a one-point method has no integral)
+        self._coarse_weights, self._estimate_factor, self._estimate_note = (
+            embedded_rule(self.config.rule, self.config.steps) if self._method.walks_path and not nested
+            else (None, 0.0, "none: one point (no path integral)"))
         self._layout_by_shape: dict[tuple, bool] = {}  # input (C, H, W) -> channels_last accepted
         super().__init__(model, layer, batch_rows=self.config.batch_rows, allow_training=self.config.allow_training)
         self.several_layers = len(self.layers) > 1
-        if self.several_layers and (self.config.tol is not None or self.config.rule in NESTED_RULES):
+        if self.several_layers and nested:
             self.close()
             raise ValueError("tol= and rule='patterson' take one layer per engine (their rounds stop each map on its "
                              "own estimate); give one layer, or a fixed rule for several layers")
