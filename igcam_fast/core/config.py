@@ -38,7 +38,8 @@ MAX_STEPS = 4096
 #: Rows (path images) per forward when not given: small enough for CPU caches and GPU memory
 #: at 224×224, large enough to amortise per-call overhead. CUDA halves it on out-of-memory. On the
 #: CPU, 64 rows were measured 1.2–1.9× slower per image than 16 (EfficientNet-Lite0 and ResNet-50,
-#: 224×224, 2 cores): activations of hundreds of MB are page-faulted in afresh on every forward.
+#: 224×224, 2 cores; the whole engine at batch 8, m = 10: 1.44× and 1.20×): activations of hundreds
+#: of MB are page-faulted in afresh on every forward.
 DEFAULT_BATCH_ROWS = {"cpu": 16, "cuda": 256}
 
 AUTOCAST_DTYPES = (None, torch.float16, torch.bfloat16)
