@@ -293,3 +293,12 @@ def test_integrated_gradcam_with_tol_reports_each_images_error():
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
     with pytest.raises(ValueError, match="one layer per engine"):
         fast.IntegratedGradCAM(net, [net.layer3[-1], net.layer4[-1]], tol=0.02)
+
+
+def test_integrated_gradcam_with_tol_refuses_upstreams_path():
+    """eigen_smooth and overridden extension points run upstream's per-point path, which has no tol."""
+    net = small()
+    x = images(1, (64, 64))
+    with fast.IntegratedGradCAM(net, [net.layer4[-1]], tol=0.02) as cam:
+        with pytest.raises(NotImplementedError, match="fixed rule"):
+            cam(x, [ClassifierOutputTarget(1)], eigen_smooth=True)
