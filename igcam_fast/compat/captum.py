@@ -129,8 +129,8 @@ class LayerIntegratedGradCam(LayerAttribution):
             base = base[0] if base.shape[0] == 1 else base
         rule = canonical_rule(method)
         adaptive = {k: v for k, v in (("tol", tol), ("max_steps", max_steps)) if v is not None}
-        if rule == "trapezoid" and {**self.engine_options, **adaptive}.get("tol") is not None:
-            rule = "gausslegendre"  # not used with tol; keeps captum's trapezoid rescaling below off
+        uses_tol = {**self.engine_options, **adaptive}.get("tol") is not None
+        quadrature = {} if uses_tol else dict(rule=rule, steps=n_steps)  # tol chooses each example's points
         inner = wrapper._function()
         wrapper.training = inner.training if isinstance(inner, nn.Module) else False
         routes, engines = [], []
@@ -149,7 +149,7 @@ class LayerIntegratedGradCam(LayerAttribution):
                 channels = [None] if attr_dim_summation else range(shape[1])
                 maps = []
                 for channel in channels:
-                    engine = CamEngine(wrapper, wrapper.probes[index], method="igcam", rule=rule, steps=n_steps,
+                    engine = CamEngine(wrapper, wrapper.probes[index], method="igcam", **quadrature,
                                        baseline=base, subtract_baseline=self.subtract_baseline,
                                        relu=self.relu_per_step, normalize=False, output_size="layer",
                                        batch_rows=internal_batch_size,
@@ -167,7 +167,8 @@ class LayerIntegratedGradCam(LayerAttribution):
             for route in routes:
                 route.close()
             wrapper.reset()
-        if rule == "trapezoid":  # captum's trapezoid weights are 1/n (halved at the ends), ours 1/(n - 1)
+        # captum's trapezoid weights are 1/n (halved at the ends), ours 1/(n - 1)
+        if rule == "trapezoid" and not uses_tol:
             results = [r * ((n_steps - 1) / n_steps) for r in results]
         if relu_attributions:
             results = [r.clamp(min=0) for r in results]

@@ -116,9 +116,13 @@ class CamEngine(LayerExplainer):
         nested = self.config.tol is not None or self.config.rule in NESTED_RULES  # igcam_fast.core.adaptive
         # a fixed rule's own error estimate, where its nodes contain a coarser rule's (the nested
         # integration has its own; a one-point method has no integral)
-        self._coarse_weights, self._estimate_factor, self._estimate_note = (
-            embedded_rule(self.config.rule, self.config.steps) if self._method.walks_path and not nested
-            else (None, 0.0, "none: one point (no path integral)"))
+        if not self._method.walks_path:
+            estimate = (None, 0.0, "none: one point (no path integral)")
+        elif nested:
+            estimate = (None, 0.0, "the nested rule's own (igcam_fast.core.adaptive)")
+        else:
+            estimate = embedded_rule(self.config.rule, self.config.steps)
+        self._coarse_weights, self._estimate_factor, self._estimate_note = estimate
         self._layout_by_shape: dict[tuple, bool] = {}  # input (C, H, W) -> channels_last accepted
         super().__init__(model, layer, batch_rows=self.config.batch_rows, allow_training=self.config.allow_training)
         self.several_layers = len(self.layers) > 1

@@ -170,7 +170,7 @@ def embedded_rule(rule: str, steps: int) -> tuple[torch.Tensor | None, float, st
     if rule not in _EMBEDDED:
         return None, 0.0, f"none: the {rule} rule's nodes contain no coarser rule (use tol= or rule='patterson')"
     r = _EMBEDDED[rule]
-    fits = {"trapezoid": steps % 2 == 1 and steps >= 3}.get(rule, steps % r == 0 and steps >= r)
+    fits = steps % 2 == 1 and steps >= 3 if rule == "trapezoid" else steps % r == 0 and steps >= r
     if not fits:
         need = "an odd m of at least 3" if rule == "trapezoid" else f"m divisible by {r}"
         return None, 0.0, f"none: the {rule} rule with m = {steps} has no embedded coarser rule (it needs {need})"

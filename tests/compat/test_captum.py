@@ -174,3 +174,10 @@ def test_tol_gives_each_example_its_own_path_points(net, x):
     assert ((result.error_estimate[:, 0] <= 0.02) | (result.path_points == 31)).all()
     # the trapezoid spelling is not rescaled when tol replaces the rule
     close(lig.attribute(x, baselines=baselines, target=3, tol=0.02, max_steps=31, method="riemann_trapezoid"), a, 1e-6)
+
+
+def test_tol_ignores_n_steps_and_method(net, x):
+    """With tol= the rule and n_steps are not used, so one the fixed rule would refuse is no error."""
+    lig = LayerIntegratedGradCam(net, net.layer4, relu_per_step=True)
+    a = lig.attribute(x, target=3, tol=0.02, max_steps=15)
+    close(lig.attribute(x, target=3, tol=0.02, max_steps=15, method="riemann_trapezoid", n_steps=1), a, 1e-6)
